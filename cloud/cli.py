@@ -1,0 +1,151 @@
+"""``edgeloop cloud …``: train, export, ship-bundles.
+
+TensorFlow is imported inside the commands, after TF's own log level is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from device.errors import EdgeloopError
+
+
+def _quiet_tf() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cloud.train import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model,
+        data=args.data,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        accumulate=args.accumulate,
+        epochs=args.epochs,
+        patience=args.patience or None,
+        min_delta=args.min_delta,
+        seed=args.seed,
+    )
+    out = Path(args.out or f"runs/{Path(config.data).stem}-{config.model}")
+    if not args.json:
+        print(f"training {config.model} on {config.data} → {out}  "
+              f"(optimizer {config.optimizer} lr {config.lr:g}, batch {config.batch_size}×{config.accumulate}, "
+              f"{config.epochs} epochs, seed {config.seed})")
+    metrics = train(config, out, resume=args.resume, progress=not args.json, stop_after=args.stop_after)
+    if args.json:
+        print(json.dumps({"run": str(out), **metrics}, indent=2))
+    elif metrics["finished"]:
+        print(f"run saved in {out} (model.keras, metrics.json); export it with: edgeloop cloud export {out}")
+    else:
+        print(f"stopped after epoch {metrics['epochs_done']}; continue with the same command plus --resume")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cloud.export import ExportConfig, export_all_modes, export_bundle, load_run
+    from cloud.report import plot_accuracy_vs_size, print_table, write_json
+
+    run = load_run(args.run)
+    config = ExportConfig(mode=args.mode, compat=args.compat, name=args.name, version=args.version,
+                          created=args.created)
+    out_root = Path(args.out or (run.run_dir / "bundles"))
+    if not args.all_modes:
+        target = Path(args.out) if args.out else out_root / config.bundle_name(run.config)
+        verification = export_bundle(run, target, config)
+        if args.json:
+            print(json.dumps({"bundle": str(target), **verification.to_json()}, indent=2, default=str))
+        else:
+            print(f"{config.mode} bundle verified and written to {target}: "
+                  f"{verification.size_bytes / 1024:.1f} KiB, accuracy {100 * verification.tflite_accuracy:.2f}% "
+                  f"(Keras {100 * verification.keras_accuracy:.2f}%), max |Δ logit| {verification.max_abs_logit_diff:.2e}, "
+                  f"top-1 agreement {100 * verification.top1_agreement:.2f}%, "
+                  f"median latency {verification.median_latency_ms:.3f} ms ({verification.backend})")
+        return 0
+    results = export_all_modes(run, out_root, config,
+                               on_mode=None if args.json else lambda m: print(f"exporting {m} …", flush=True))
+    rows = [r.row() for r in results]
+    out_root.mkdir(parents=True, exist_ok=True)
+    title = f"{run.config.model} on {run.config.data}: export modes, verified in LiteRT on {len(run.splits.test)} test samples"
+    write_json(rows, out_root / "export-report.json", {"run": str(run.run_dir), "compat": config.compat})
+    plot_accuracy_vs_size(rows, out_root / "export-report.png", title)
+    if args.json:
+        print(json.dumps({"modes": rows}, indent=2))
+    else:
+        print_table(rows, title)
+        print(f"report: {out_root / 'export-report.json'}, plot: {out_root / 'export-report.png'}")
+    return 0 if all(r["passed"] for r in rows) else 1
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from cloud.ship import ShipConfig, ship_bundles
+
+    ship_bundles(ShipConfig(epochs=args.epochs, seed=args.seed), Path(args.run))
+    return 0
+
+
+def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
+    from cloud.train import OPTIMIZERS
+    from device.bundle import MODES
+
+    parser = argparse.ArgumentParser(prog=prog, description="Train Keras models and export verified TFLite bundles.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a registry model on a data source, with checkpoints")
+    p.add_argument("--model", default="cnn", help="registry model: mlp, cnn, mlp-small (default cnn)")
+    p.add_argument("--data", default="mnist5k", help="mnist5k, digits, an .npz (x, y) or an image folder")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per step: effective batch = N × batch")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--patience", type=int, default=3, help="early stopping on val loss; 0 turns it off")
+    p.add_argument("--min-delta", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run directory (default runs/<data>-<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a trained run as a verified bundle")
+    p.add_argument("run", help="training run directory (holds model.keras and config.json)")
+    p.add_argument("--mode", default="int8", choices=MODES)
+    p.add_argument("--all-modes", action="store_true", help="export every mode; print, save and plot a table")
+    p.add_argument("--compat", default="litert", choices=("litert", "tflite-runtime"),
+                   help="tflite-runtime: a model the legacy tflite-runtime 2.14 can load")
+    p.add_argument("--out", default=None, help="bundle directory (or, with --all-modes, the parent directory)")
+    p.add_argument("--name", default=None)
+    p.add_argument("--version", default="1")
+    p.add_argument("--created", default=None, help="ISO 8601 timestamp for the manifest (default: now)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ship-bundles", help="regenerate models/bundles (MNIST CNN, int8 and float32) from a seed")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", default="runs/ship", help="where to keep the training run")
+    p.set_defaults(func=cmd_ship)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "edgeloop cloud") -> int:
+    _quiet_tf()
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (EdgeloopError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; a training run can be continued with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,30 @@
+"""edgeloop's device runtime: numpy and a TFLite interpreter (LiteRT), never TensorFlow.
+
+>>> from device import Runtime
+>>> rt = Runtime("models/bundles/mnist-cnn-int8")        # doctest: +SKIP
+>>> rt.classify(image)[0].label                           # doctest: +SKIP
+"""
+
+from device.bundle import Manifest, read_manifest
+from device.errors import (
+    BundleError,
+    EdgeloopError,
+    ImageReadError,
+    InputError,
+    IntegrityError,
+    InterpreterUnavailableError,
+)
+from device.runtime import Prediction, Runtime
+
+__all__ = [
+    "BundleError",
+    "EdgeloopError",
+    "ImageReadError",
+    "InputError",
+    "IntegrityError",
+    "InterpreterUnavailableError",
+    "Manifest",
+    "Prediction",
+    "Runtime",
+    "read_manifest",
+]

@@ -1,0 +1,144 @@
+"""``edgeloop device …`` (also ``python -m device …``): predict, bench, info, bundles.
+
+Imports numpy, the interpreter and rich only; never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from device.errors import EdgeloopError
+
+
+def resolve_bundle(spec: str) -> Path:
+    """A path as given, or the name of a shipped bundle (``mnist-cnn-int8``)."""
+    path = Path(spec)
+    if path.exists() or "/" in spec or spec.endswith(".tflite"):
+        return path
+    try:
+        from models import bundles
+    except ImportError:  # pragma: no cover - models is part of the same distribution
+        return path
+    try:
+        return bundles.path(spec)
+    except KeyError as exc:
+        raise EdgeloopError(f"{spec}: no such file or directory, and {exc.args[0]}") from None
+
+
+def _runtime(args: argparse.Namespace) -> Any:
+    from device.runtime import Runtime
+
+    return Runtime(resolve_bundle(args.bundle), num_threads=args.threads)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from device.images import read_input
+
+    runtime = _runtime(args)
+    results: list[dict[str, Any]] = []
+    for item in args.inputs:
+        raw = read_input(item, runtime.input_spec.shape, invert=args.invert)
+        preds = runtime.classify(raw, k=args.top_k)
+        for i, pred in enumerate(preds):
+            results.append({"input": item if len(preds) == 1 else f"{item}[{i}]", **pred.to_json()})
+    if args.json:
+        print(json.dumps({"bundle": runtime.describe(), "predictions": results}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    info = runtime.describe()
+    title = f"{info.get('name', runtime.path.name)} {info.get('version', '')} ({info.get('mode', 'raw .tflite')}, {runtime.backend})"
+    table = Table(title=title)
+    table.add_column("input")
+    table.add_column("label", justify="right")
+    table.add_column("confidence", justify="right")
+    table.add_column(f"top-{args.top_k}")
+    for r in results:
+        top = ", ".join(f"{t['label']}:{t['probability']:.2f}" for t in r["top"])
+        table.add_row(r["input"], r["label"], f"{r['confidence']:.3f}", top)
+    Console().print(table)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from device.bench import latency_summary, random_raw_input, time_calls
+
+    runtime = _runtime(args)
+    x = random_raw_input((args.batch, *runtime.input_spec.shape), runtime.input_spec.raw_dtype, seed=0)
+    times = time_calls(runtime.predict, x, runs=args.runs, warmup=args.warmup)
+    summary = {"bundle": str(runtime.path), "backend": runtime.backend, "threads": args.threads,
+               **latency_summary(times, batch=args.batch)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{runtime.path}  backend={runtime.backend}  threads={args.threads}  batch={args.batch}")
+    print(f"warm-up {args.warmup} runs, then {args.runs} timed runs of Runtime.predict")
+    print(
+        f"median {summary['median_ms']:.3f} ms   p90 {summary['p90_ms']:.3f} ms   p99 {summary['p99_ms']:.3f} ms   "
+        f"mean {summary['mean_ms']:.3f} ms   throughput {summary['throughput_per_s']:.0f} samples/s"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    info = runtime.describe()
+    if runtime.manifest is not None:
+        info["manifest"] = runtime.manifest.to_json()
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_bundles(args: argparse.Namespace) -> int:
+    from models import bundles
+
+    for name in bundles.names():
+        print(f"{name}\t{bundles.path(name)}")
+    return 0
+
+
+def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run edgeloop bundles with LiteRT (no TensorFlow).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def bundle_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("bundle", help="bundle directory, .tflite file, or shipped bundle name (see 'bundles')")
+        p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the interpreter's)")
+
+    p = sub.add_parser("predict", help="classify image files or .npy arrays")
+    bundle_args(p)
+    p.add_argument("inputs", nargs="+", help="image files (PNG/JPEG/…) or .npy arrays in raw units")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--invert", action="store_true", help="invert images (dark digit on light paper -> MNIST style)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="latency: warm-up, then median/p90/p99 and throughput")
+    bundle_args(p)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="describe a bundle or .tflite as JSON")
+    bundle_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bundles", help="list the pretrained bundles shipped with edgeloop")
+    p.set_defaults(func=cmd_bundles)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "edgeloop device") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (EdgeloopError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

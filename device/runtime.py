@@ -1,0 +1,226 @@
+"""``Runtime``: load a bundle (or a raw .tflite) and classify raw inputs with it.
+
+Load, set the input, invoke, read the output: the LiteRT example loop, with the
+bundle's own preprocessing and the tensors' own quantization parameters applied.
+Depends on numpy and a TFLite interpreter only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.bundle import (
+    MANIFEST_NAME,
+    InputSpec,
+    Manifest,
+    Normalization,
+    OutputSpec,
+    Quantization,
+    check_tflite_bytes,
+    read_manifest,
+    read_model_bytes,
+)
+from device.errors import BundleError, InputError
+from device.interpreter import load_interpreter_class
+from device.preprocess import as_batch, check_values, dequantize, input_transform, softmax
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One sample's result: the top classes, best first, with their probabilities."""
+
+    label: str
+    index: int
+    confidence: float
+    top: tuple[tuple[str, float], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "index": self.index,
+            "confidence": self.confidence,
+            "top": [{"label": lab, "probability": p} for lab, p in self.top],
+        }
+
+
+def _quantization(details: dict[str, Any]) -> Quantization | None:
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return Quantization(float(scale), int(zero_point)) if scale else None
+
+
+def _dtype_name(details: dict[str, Any]) -> str:
+    return np.dtype(details["dtype"]).name
+
+
+class Runtime:
+    """A loaded model, ready to classify raw inputs.
+
+    ``path`` is a bundle directory (``manifest.json`` + ``model.tflite``) or a plain
+    .tflite file, whose inputs and outputs are then described from the model itself.
+    """
+
+    def __init__(self, path: str | Path, num_threads: int | None = None, backend: str | None = None) -> None:
+        self.path = Path(path)
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self.manifest: Manifest | None = None
+        content = self._read(self.path)
+        interpreter_cls, self.backend = load_interpreter_class(backend)
+        try:
+            self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"{self.model_path}: the interpreter cannot load this model ({exc})") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BundleError(
+                f"{self.model_path}: expected one input and one output tensor, found {len(inputs)} and {len(outputs)}"
+            )
+        self._in, self._out = inputs[0], outputs[0]
+        self.input_spec, self.output_spec = self._describe()
+        self._transform = input_transform(
+            self.input_spec.normalization, self.input_spec.dtype, _quantization(self._in)
+        )
+        self._out_quant = _quantization(self._out)
+        signature = self._in.get("shape_signature", self._in["shape"])
+        self._resizable = len(signature) > 0 and int(signature[0]) == -1
+        self._batch = int(self._in["shape"][0])
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _read(self, path: Path) -> bytes:
+        if path.is_dir() or (path.suffix != ".tflite" and path.name == MANIFEST_NAME):
+            bundle_dir = path if path.is_dir() else path.parent
+            self.manifest = read_manifest(bundle_dir)
+            self.model_path = bundle_dir / self.manifest.model_file
+            return read_model_bytes(bundle_dir, self.manifest)
+        self.model_path = path
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"{path}: no such bundle directory or .tflite file") from None
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read ({exc})") from None
+        check_tflite_bytes(content, path)
+        return content
+
+    def _describe(self) -> tuple[InputSpec, OutputSpec]:
+        """The I/O specs: the manifest's, checked against the model, or the model's own."""
+        in_shape = tuple(int(d) for d in self._in["shape"][1:])
+        out_shape = tuple(int(d) for d in self._out["shape"][1:])
+        in_dtype, out_dtype = _dtype_name(self._in), _dtype_name(self._out)
+        if self.manifest is None:
+            return (
+                InputSpec(
+                    shape=in_shape,
+                    dtype=in_dtype,
+                    raw_dtype="float32",
+                    raw_range=(-np.inf, np.inf),
+                    normalization=Normalization(),
+                    quantization=_quantization(self._in),
+                ),
+                OutputSpec(
+                    shape=out_shape,
+                    dtype=out_dtype,
+                    labels=tuple(str(i) for i in range(out_shape[-1] if out_shape else 1)),
+                    kind="scores",
+                    quantization=_quantization(self._out),
+                ),
+            )
+        m = self.manifest
+        for what, spec, shape, dtype in (
+            ("input", m.input, in_shape, in_dtype),
+            ("output", m.output, out_shape, out_dtype),
+        ):
+            if spec.shape != shape or spec.dtype != dtype:
+                raise BundleError(
+                    f"{self.path / MANIFEST_NAME}: the manifest's {what} is {spec.dtype}{list(spec.shape)} "
+                    f"but the model's is {dtype}{list(shape)}"
+                )
+        return m.input, m.output
+
+    # -- inference ---------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.output_spec.labels
+
+    def preprocess(self, x: object) -> tuple[np.ndarray, bool]:
+        """Raw input -> ``(model-ready batch, was_single)``; raises :class:`InputError`."""
+        batch, single = as_batch(x, self.input_spec.shape)
+        check_values(batch, self.input_spec.raw_range)
+        if self.manifest is None and batch.dtype.name == self.input_spec.dtype:
+            return batch, single  # a raw model given its own tensor dtype: already model-ready
+        return self._transform(batch), single
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if n != self._batch:
+            if not self._resizable:
+                return np.concatenate([self._invoke_fixed(batch[i : i + self._batch]) for i in range(0, n, self._batch)])
+            self._interpreter.resize_tensor_input(self._in["index"], [n, *self.input_spec.shape])
+            self._interpreter.allocate_tensors()
+            self._batch = n
+        self._interpreter.set_tensor(self._in["index"], batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._out["index"])
+
+    def _invoke_fixed(self, chunk: np.ndarray) -> np.ndarray:
+        """Run a model with a fixed batch size, padding the last chunk."""
+        n = chunk.shape[0]
+        if n < self._batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self._batch - n, axis=0)])
+        self._interpreter.set_tensor(self._in["index"], chunk)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._out["index"])[:n]
+
+    def logits(self, x: object, check_finite: bool = True) -> np.ndarray:
+        """The model's dequantized outputs, ``(N, classes)`` float32 (``(classes,)`` for one sample).
+
+        Non-finite outputs raise :class:`BundleError` unless ``check_finite`` is off (export
+        verification turns it off to count them).
+        """
+        batch, single = self.preprocess(x)
+        out = dequantize(self._invoke(batch), self._out_quant)
+        if check_finite and not np.isfinite(out).all():
+            raise BundleError(f"{self.model_path}: the model produced non-finite outputs (a broken export?)")
+        return out[0] if single else out
+
+    def predict(self, x: object) -> np.ndarray:
+        """Class probabilities, ``(N, classes)`` float32, or ``(classes,)`` for one sample."""
+        out = self.logits(x)
+        return softmax(out) if self.output_spec.kind == "logits" else out
+
+    def classify(self, x: object, k: int = 3) -> list[Prediction]:
+        """Top-``k`` labelled predictions for each sample (a list even for one sample)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        probs = np.atleast_2d(self.predict(x))
+        k = min(k, probs.shape[-1])
+        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+        labels = self.labels
+        results = []
+        for row, idx in zip(probs, order):
+            top = tuple((labels[i], float(row[i])) for i in idx)
+            results.append(Prediction(label=top[0][0], index=int(idx[0]), confidence=top[0][1], top=top))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for ``edgeloop device info`` and logs."""
+        info: dict[str, Any] = {
+            "path": str(self.path),
+            "backend": self.backend,
+            "input": {"shape": list(self.input_spec.shape), "dtype": self.input_spec.dtype},
+            "output": {"shape": list(self.output_spec.shape), "dtype": self.output_spec.dtype,
+                       "kind": self.output_spec.kind},
+            "labels": list(self.labels),
+        }
+        if self.manifest is not None:
+            info.update(name=self.manifest.name, version=self.manifest.version, mode=self.manifest.mode,
+                        sha256=self.manifest.sha256, size_bytes=self.manifest.size_bytes)
+        return info
