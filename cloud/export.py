@@ -164,6 +164,7 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     manifest = build_manifest(tflite, run, config, created)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
     try:
         write_bundle(staging, tflite, manifest)
         test = run.splits.test

@@ -7,43 +7,14 @@ concrete-function routes produce models that run but output all-NaN. Whatever ro
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 from typing import Any, Iterator
 
 import numpy as np
 
 from device.bundle import MODES
+from device.native_log import quiet_native_output
 
 COMPATS = ("litert", "tflite-runtime")
-
-
-@contextlib.contextmanager
-def quiet_native_output() -> Iterator[None]:
-    """Silence the converter's prints and C++ logs (fd 1 and 2); re-raise with them on failure."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def convert(model: Any, mode: str, representative: np.ndarray | None = None, compat: str = "litert") -> bytes:

@@ -235,10 +235,19 @@ def parse_manifest(data: Any) -> Manifest:
         sha256=sha,
         size_bytes=size,
         model_file=model_file,
-        metrics=dict(data.get("metrics") or {}),
-        source=dict(data.get("source") or {}),
+        metrics=_optional_object(data, "metrics"),
+        source=_optional_object(data, "source"),
         format=fmt,
     )
+
+
+def _optional_object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise BundleError(f"manifest field '{key}' must be an object, got {type(value).__name__}")
+    return dict(value)
 
 
 def sha256_bytes(content: bytes) -> str:
@@ -315,6 +324,7 @@ def _atomic_write(path: Path, content: bytes) -> None:
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a bundle is meant to be read by other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

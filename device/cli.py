@@ -30,9 +30,11 @@ def resolve_bundle(spec: str) -> Path:
 
 
 def _runtime(args: argparse.Namespace) -> Any:
+    from device.native_log import quiet_native_output
     from device.runtime import Runtime
 
-    return Runtime(resolve_bundle(args.bundle), num_threads=args.threads)
+    with quiet_native_output(stdout=False):  # LiteRT's "Created XNNPACK delegate" INFO line
+        return Runtime(resolve_bundle(args.bundle), num_threads=args.threads)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -61,7 +63,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in results:
         top = ", ".join(f"{t['label']}:{t['probability']:.2f}" for t in r["top"])
         table.add_row(r["input"], r["label"], f"{r['confidence']:.3f}", top)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
 
 

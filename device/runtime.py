@@ -74,7 +74,11 @@ class Runtime:
             self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BundleError(f"{self.model_path}: the interpreter cannot load this model ({exc})") from None
+            hint = ""
+            if "find op for builtin opcode" in str(exc):
+                hint = (f" The {self.backend} runtime is older than this model's ops; re-export it with "
+                        "'edgeloop cloud export --compat tflite-runtime', or install ai-edge-litert.")
+            raise BundleError(f"{self.model_path}: the interpreter cannot load this model ({str(exc).strip()}).{hint}") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:

@@ -1,0 +1,61 @@
+# The README's commands. Each target sets up what it needs: a fresh clone runs `make demo` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LEGACY := .venv-legacy
+STAMP := $(VENV)/.installed-stamp
+LEGACY_STAMP := $(LEGACY)/.installed-stamp
+DEMO := demo-out
+
+# Keep every cache inside the repository (CI caches nothing outside it).
+export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+export KERAS_HOME := $(CURDIR)/.cache/keras
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install legacy demo test bench bundles clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[all]"
+	touch $@
+
+# A second environment with the legacy tflite-runtime 2.14 (needs numpy<2), for the compat tests.
+$(LEGACY_STAMP):
+	$(PY) -m venv $(LEGACY)
+	$(LEGACY)/bin/python -m pip install -q "numpy>=1.24,<2" "tflite-runtime==2.14.*" "pillow>=10,<12"
+	touch $@
+
+install: $(STAMP)
+
+legacy: $(LEGACY_STAMP)
+
+demo: install
+	@rm -rf $(DEMO)
+	@echo "== 1/4 train a CNN on 5,000 real MNIST digits"
+	$(BIN)/edgeloop cloud train --model cnn --data mnist5k --epochs 5 --out $(DEMO)/run
+	@echo "== 2/4 export float32, float16, dynamic-range and int8 bundles, each verified against Keras in LiteRT"
+	$(BIN)/edgeloop cloud export $(DEMO)/run --all-modes --out $(DEMO)/bundles
+	@echo "== 3/4 on the device side (no TensorFlow): classify real MNIST test digits with the new int8 bundle"
+	$(BIN)/edgeloop device predict $(DEMO)/bundles/mnist5k-cnn-int8 models/examples/digit-*.png
+	@echo "== 4/4 the shipped pretrained bundle, and its latency"
+	$(BIN)/edgeloop device predict mnist-cnn-int8 models/examples/digit-7.png --top-k 2
+	$(BIN)/edgeloop device bench mnist-cnn-int8 --runs 300
+	@echo "demo done: run, bundles, export-report.json and export-report.png are in $(DEMO)/"
+
+test: install legacy
+	$(BIN)/python -m pytest -q
+
+bench: install legacy
+	$(BIN)/python benchmarks/device_runtime.py
+
+bundles: install
+	$(BIN)/edgeloop cloud ship-bundles
+
+clean:
+	rm -rf $(DEMO) runs .pytest_cache .hypothesis
