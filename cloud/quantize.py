@@ -7,6 +7,7 @@ concrete-function routes produce models that run but output all-NaN. Whatever ro
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -50,5 +51,7 @@ def convert(model: Any, mode: str, representative: np.ndarray | None = None, com
         converter.inference_output_type = tf.int8
     if compat == "tflite-runtime":
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-    with quiet_native_output():
+    with quiet_native_output(), warnings.catch_warnings():
+        # int8 I/O makes TF warn that input statistics are absent: they come from the representative set
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return bytes(converter.convert())

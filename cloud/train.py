@@ -266,6 +266,8 @@ def train(
     ckpt = run / "checkpoints"
     state = _State(history=[])
     if resume:
+        if not (run / "config.json").is_file():
+            raise CheckpointError(f"{run}: nothing to resume (not a training run directory: no config.json)")
         saved = read_config(run)
         if saved != config:
             diff = {k: (getattr(saved, k), getattr(config, k)) for k in asdict(config) if getattr(saved, k) != getattr(config, k)}
