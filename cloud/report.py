@@ -45,16 +45,21 @@ def plot_accuracy_vs_size(rows: Sequence[dict[str, Any]], path: Path, title: str
 
     ok = [r for r in rows if r["passed"]]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    markers = {"float32": "o", "float16": "s", "dynamic": "^", "int8": "D"}
     for r in ok:
-        ax.scatter(r["size_bytes"] / 1024, 100 * r["accuracy"], s=60, zorder=3)
-        ax.annotate(f"{r['mode']}\n{r['median_latency_ms']:.2f} ms", (r["size_bytes"] / 1024, 100 * r["accuracy"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+        label = f"{r['mode']}: {r['size_bytes'] / 1024:.0f} KiB, {100 * r['accuracy']:.2f}%, {r['median_latency_ms']:.3f} ms"
+        ax.scatter(r["size_bytes"] / 1024, 100 * r["accuracy"], s=70, zorder=3, alpha=0.85,
+                   marker=markers.get(r["mode"], "o"), label=label)
     if ok:
-        ax.axhline(100 * ok[0]["keras_accuracy"], color="grey", linestyle="--", linewidth=1, label="Keras (float32)")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.axhline(100 * ok[0]["keras_accuracy"], color="grey", linestyle="--", linewidth=1, label="Keras model")
+        ax.legend(loc="lower right", fontsize=7.5, title="mode: size, accuracy, median latency", title_fontsize=7.5)
         lo = min(100 * r["accuracy"] for r in ok)
-        ax.set_ylim(lo - 1.5, min(100.0, 100 * max(r["accuracy"] for r in ok) + 1.0))
+        ax.set_ylim(lo - 3.0, min(100.0, 100 * max(r["accuracy"] for r in ok) + 1.0))
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("model size (KiB, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
