@@ -51,6 +51,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from device.native_log import quiet_native_output
+
+    with quiet_native_output(stdout=False):  # LiteRT's XNNPACK INFO line; replayed if export fails
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     from cloud.export import ExportConfig, export_all_modes, export_bundle, load_run
     from cloud.report import plot_accuracy_vs_size, print_table, write_json
 
