@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 LEGACY := .venv-legacy
 STAMP := $(VENV)/.installed-stamp
 LEGACY_STAMP := $(LEGACY)/.installed-stamp
+DEVICE_ENV := .venv-device
+DEVICE_STAMP := $(DEVICE_ENV)/.installed-stamp
 DEMO := demo-out
 
 # Keep every cache inside the repository (CI caches nothing outside it).
@@ -15,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install legacy demo test bench bundles clean
+.PHONY: install legacy device-env demo test bench bundles clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,7 +33,15 @@ $(LEGACY_STAMP):
 	$(LEGACY)/bin/python -m pip install -q "numpy>=1.24,<2" "tflite-runtime==2.14.*" "pillow>=10,<12"
 	touch $@
 
+# A device-only environment (the `device` extra: numpy, LiteRT, Pillow, rich; no TensorFlow).
+$(DEVICE_STAMP): pyproject.toml
+	$(PY) -m venv $(DEVICE_ENV)
+	$(DEVICE_ENV)/bin/python -m pip install -q -e ".[device]"
+	touch $@
+
 install: $(STAMP)
+
+device-env: $(DEVICE_STAMP)
 
 legacy: $(LEGACY_STAMP)
 
@@ -48,10 +58,10 @@ demo: install
 	$(BIN)/edgeloop device bench mnist-cnn-int8 --runs 300
 	@echo "demo done: run, bundles, export-report.json and export-report.png are in $(DEMO)/"
 
-test: install legacy
+test: install legacy device-env
 	$(BIN)/python -m pytest -q
 
-bench: install legacy
+bench: install legacy device-env
 	$(BIN)/python benchmarks/device_runtime.py
 
 bundles: install

@@ -15,7 +15,7 @@ Every interpreter backend runs in its own long-lived worker process (tflite-runt
 cannot share a process with numpy 2, and TensorFlow must not share one with LiteRT and
 disturb its timings). The coordinator asks the workers for one batch of timed calls at a
 time, in several interleaved rounds with a rotating order, so that drift on a noisy
-machine hits every variant alike; medians are taken over all rounds.
+machine hits every variant alike; a variant's latency is the median of its round medians.
 
 Run: ``.venv/bin/python benchmarks/device_runtime.py [--quick] [--out PATH]``
 (``make bench``). Results go to ``benchmarks/results/device_runtime.json``.
@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -71,7 +71,7 @@ class Settings:
 
 
 FULL = Settings(rounds=10, runs=3000, warmup=300, import_reps=5)
-QUICK = Settings(rounds=2, runs=200, warmup=50, import_reps=1)
+QUICK = Settings(rounds=3, runs=200, warmup=50, import_reps=1)
 
 
 # -- latency: worker processes -------------------------------------------------------------
@@ -284,7 +284,8 @@ class Series:
         return np.concatenate(self.rounds)
 
     def median_us(self) -> float:
-        return float(np.median(self.pooled()) * 1e6)
+        """The median of the per-round medians: a burst of noise spoils one round, not the estimate."""
+        return float(np.median(self.round_medians_us()))
 
     def round_medians_us(self) -> list[float]:
         return [float(np.median(r) * 1e6) for r in self.rounds]
@@ -430,8 +431,8 @@ def time_import(statement: str, timeout: float = 120) -> float:
     for line in done.stdout.splitlines():
         if line.startswith(MARK):
             return float(json.loads(line[len(MARK):])["seconds"])
-    tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-    raise WorkerError(f"`{statement}` exited with status {done.returncode}: {tail}")
+    last = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+    raise WorkerError(f"`{statement}` exited with status {done.returncode}: {last}")
 
 
 def measure_imports(reps: int) -> dict[str, dict[str, Any]]:
@@ -585,14 +586,15 @@ def latency_json(series: dict[tuple[str, str], Series]) -> dict[str, dict[str, A
         entry: dict[str, Any] = {"label": s.variant.label, "backend": s.variant.backend, "available": s.available,
                                  "error": s.error, "top1": s.top1}
         if s.available:
-            entry.update(latency_summary(s.pooled()), median_us=s.median_us(), round_medians_us=s.round_medians_us())
+            entry.update(pooled=latency_summary(s.pooled()), median_us=s.median_us(),
+                         round_medians_us=s.round_medians_us())
         out.setdefault(bundle, {})[key] = entry
     return out
 
 
 def latency_table(series: dict[tuple[str, str], Series], settings: Settings) -> Table:
-    table = Table(title=f"Per-sample latency, batch 1, num_threads=1 (µs; {settings.rounds} interleaved rounds "
-                        f"× {settings.runs} calls)")
+    table = Table(title=f"Per-sample latency, batch 1, num_threads=1 (µs; median of {settings.rounds} interleaved "
+                        f"rounds' medians, {settings.runs} calls each; p90 over all calls)")
     for col in ("bundle", "variant", "median", "p90", "round medians", "vs raw LiteRT"):
         table.add_column(col, justify="left" if col in ("bundle", "variant") else "right")
     for bundle in BUNDLES:
@@ -611,7 +613,7 @@ def latency_table(series: dict[tuple[str, str], Series], settings: Settings) -> 
     return table
 
 
-def overhead_table(overheads: dict[str, dict[str, Any] | None]) -> Table:
+def overhead_table(overheads: dict[tuple[str, str], dict[str, Any] | None]) -> Table:
     table = Table(title=f"Runtime.predict overhead over the bare loop in the same backend (target ≤ {OVERHEAD_TARGET_PCT:g} %)")
     for col in ("bundle", "backend", "predict µs", "raw µs", "overhead µs", "overhead", "per-round range", "≤ 5 %?"):
         table.add_column(col, justify="left" if col in ("bundle", "backend") else "right")
@@ -693,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "device_runtime",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "settings": settings.__dict__,
+        "settings": asdict(settings),
         "machine": machine_info(worker_versions),
         "worker_versions": worker_versions,
         "latency": latency_json(series),

@@ -169,3 +169,20 @@ def test_default_dynamic_bundle_fails_clearly_in_tflite_runtime(exported, loaded
     out = _legacy(exported["dynamic"].bundle, tmp_path / "x.npy")
     assert out.returncode != 0
     assert "FULLY_CONNECTED" in out.stderr and "--compat tflite-runtime" in out.stderr
+
+
+def test_shipped_bundle_recipe_is_reproducible_from_its_seed(tmp_path: Path) -> None:
+    """Two runs of the ship-bundles recipe with one seed give byte-identical bundles."""
+    from cloud.ship import ShipConfig, ship_bundles
+
+    digests = []
+    for i in range(2):
+        ship_bundles(ShipConfig(epochs=1, seed=5, modes=("int8",)), tmp_path / f"run{i}",
+                     bundles_dir=tmp_path / f"bundles{i}", examples_dir=tmp_path / f"examples{i}")
+        bundle = tmp_path / f"bundles{i}" / "mnist-cnn-int8"
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["source"].pop("checkpoint")  # the run directory's path differs
+        manifest["source"].pop("checkpoint_sha256")  # a .keras zip stores file times
+        manifest["metrics"].pop("median_latency_ms")  # a timing
+        digests.append((hashlib.sha256((bundle / "model.tflite").read_bytes()).hexdigest(), manifest))
+    assert digests[0] == digests[1]

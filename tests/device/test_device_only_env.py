@@ -1,0 +1,47 @@
+"""The device side on machines without TensorFlow: the device-extra venv and the legacy tflite-runtime venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import EXAMPLES, LEGACY_PYTHON, ROOT
+
+DEVICE_ENV = ROOT / ".venv-device" / "bin"
+
+
+def _need(path) -> None:
+    if not path.exists():
+        if os.environ.get("EDGELOOP_SKIP_ENVS") == "1":
+            pytest.skip(f"{path} is missing and EDGELOOP_SKIP_ENVS=1")
+        pytest.fail(f"{path} is missing: run 'make test', which creates it")
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def test_device_extra_alone_has_no_tensorflow_and_predicts() -> None:
+    _need(DEVICE_ENV / "python")
+    probe = _run([str(DEVICE_ENV / "python"), "-c", "import importlib.util as u; "
+                  "print([m for m in ('tensorflow', 'keras', 'sklearn') if u.find_spec(m)])"])
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+    for cmd in ([str(DEVICE_ENV / "python"), "-m", "device"], [str(DEVICE_ENV / "edgeloop"), "device"]):
+        out = _run([*cmd, "predict", "mnist-cnn-int8", str(EXAMPLES / "digit-6.png"), "--json"])
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["predictions"][0]["label"] == "6"
+
+
+def test_legacy_tflite_runtime_env_runs_the_device_cli() -> None:
+    """numpy<2, tflite-runtime 2.14, no rich: ``python -m device predict --json`` still works."""
+    _need(LEGACY_PYTHON)
+    out = _run([str(LEGACY_PYTHON), "-m", "device", "predict", str(ROOT / "models/bundles/mnist-cnn-int8"),
+                str(EXAMPLES / "digit-9.png"), "--json"], env={"PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["bundle"]["backend"] == "tflite_runtime"
+    assert result["predictions"][0]["label"] == "9"
