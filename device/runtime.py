@@ -7,6 +7,7 @@ Depends on numpy and a TFLite interpreter only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from device.bundle import (
 )
 from device.errors import BundleError, InputError
 from device.interpreter import load_interpreter_class
-from device.preprocess import as_batch, check_values, dequantize, input_transform, softmax
+from device.preprocess import as_batch, check_values, input_transform, output_dequantizer, softmax
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,16 @@ class Runtime:
         self._transform = input_transform(
             self.input_spec.normalization, self.input_spec.dtype, _quantization(self._in)
         )
-        self._out_quant = _quantization(self._out)
+        self._dequantize = output_dequantizer(self.output_spec.dtype, _quantization(self._out))
+        self._output_is_float = self.output_spec.dtype == "float32"
+        # Fast path for the common call, one uint8 image: a table lookup replaces validation and
+        # normalization (uint8 cannot be non-finite, nor leave a [0, 255] raw range).
+        shape = self.input_spec.shape
+        self._single_shapes = {shape} | ({shape[:-1]} if len(shape) > 1 and shape[-1] == 1 else set())
+        self._single_batch = (1, *shape)
+        covers_uint8 = self.input_spec.raw_range[0] <= 0 and self.input_spec.raw_range[1] >= 255
+        passthrough = self.manifest is None and self.input_spec.dtype == "uint8"
+        self._uint8_lut = self._transform.lut if covers_uint8 and not passthrough else None
         signature = self._in.get("shape_signature", self._in["shape"])
         self._resizable = len(signature) > 0 and int(signature[0]) == -1
         self._batch = int(self._in["shape"][0])
@@ -156,6 +166,9 @@ class Runtime:
 
     def preprocess(self, x: object) -> tuple[np.ndarray, bool]:
         """Raw input -> ``(model-ready batch, was_single)``; raises :class:`InputError`."""
+        lut = self._uint8_lut
+        if lut is not None and type(x) is np.ndarray and x.dtype == np.uint8 and x.shape in self._single_shapes:
+            return lut.take(x.reshape(self._single_batch)), True
         batch, single = as_batch(x, self.input_spec.shape)
         check_values(batch, self.input_spec.raw_range)
         if self.manifest is None and batch.dtype.name == self.input_spec.dtype:
@@ -190,15 +203,26 @@ class Runtime:
         verification turns it off to count them).
         """
         batch, single = self.preprocess(x)
-        out = dequantize(self._invoke(batch), self._out_quant)
-        if check_finite and not np.isfinite(out).all():
-            raise BundleError(f"{self.model_path}: the model produced non-finite outputs (a broken export?)")
+        out = self._dequantize(self._invoke(batch))
+        # a dequantized integer output is finite by construction
+        if check_finite and self._output_is_float and not np.isfinite(out).all():
+            raise self._non_finite()
         return out[0] if single else out
 
     def predict(self, x: object) -> np.ndarray:
         """Class probabilities, ``(N, classes)`` float32, or ``(classes,)`` for one sample."""
-        out = self.logits(x)
-        return softmax(out) if self.output_spec.kind == "logits" else out
+        if self.output_spec.kind != "logits":
+            return self.logits(x)
+        probs = softmax(self.logits(x, check_finite=False))
+        # NaN or +inf in a row of logits makes that whole row NaN, so one column tells
+        if self._output_is_float:
+            first = probs[..., 0]
+            if not (math.isfinite(first) if first.ndim == 0 else np.isfinite(first).all()):
+                raise self._non_finite()
+        return probs
+
+    def _non_finite(self) -> BundleError:
+        return BundleError(f"{self.model_path}: the model produced non-finite outputs (a broken export?)")
 
     def classify(self, x: object, k: int = 3) -> list[Prediction]:
         """Top-``k`` labelled predictions for each sample (a list even for one sample)."""

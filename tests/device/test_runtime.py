@@ -228,3 +228,24 @@ def test_threads_and_backend_choice() -> None:
 
     with pytest.raises(InterpreterUnavailableError, match="unknown interpreter"):
         Runtime(SHIPPED / "mnist-cnn-int8", backend="onnx")
+
+
+def test_non_finite_model_output_is_an_error_not_garbage(tmp_path: Path) -> None:
+    """A model whose outputs are NaN (a broken export) raises instead of returning garbage."""
+    pytest.importorskip("tensorflow")
+    import keras
+    import tensorflow as tf
+
+    from device.native_log import quiet_native_output
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, np.full_like(bias, np.nan)])
+    with quiet_native_output():
+        (tmp_path / "nan.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    rt = Runtime(tmp_path / "nan.tflite")
+    image = np.zeros((28, 28, 1), np.float32)
+    for call in (rt.logits, rt.predict, rt.classify):
+        with pytest.raises(BundleError, match="non-finite"):
+            call(image)
+    assert np.isnan(rt.logits(image, check_finite=False)).all()
