@@ -1,5 +1,7 @@
 # The README's commands. Each target sets up what it needs: a fresh clone runs `make demo` or `make test`.
 PY ?= python3
+# tflite-runtime 2.14 has wheels for Python <= 3.11 only
+PY_LEGACY ?= $(shell command -v python3.11 2>/dev/null || echo $(PY))
 VENV := .venv
 BIN := $(VENV)/bin
 LEGACY := .venv-legacy
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # A second environment with the legacy tflite-runtime 2.14 (needs numpy<2), for the compat tests.
 $(LEGACY_STAMP):
-	$(PY) -m venv $(LEGACY)
+	$(PY_LEGACY) -m venv $(LEGACY)
 	$(LEGACY)/bin/python -m pip install -q "numpy>=1.24,<2" "tflite-runtime==2.14.*" "pillow>=10,<12"
 	touch $@
 

@@ -187,7 +187,7 @@ class Trainer:
                 mi = idx[micro : micro + cfg.batch_size]
                 loss, grads, correct = self._grad(tf.constant(x[mi]), tf.constant(y[mi]))
                 weight = len(mi) / len(idx)  # mean over the effective batch, whatever its micro-batch sizes
-                scaled = [g * weight for g in grads]
+                scaled = grads if weight == 1.0 else [g * weight for g in grads]
                 acc = scaled if acc is None else [a + s for a, s in zip(acc, scaled)]
                 total_loss += float(loss) * len(mi)
                 total_correct += float(correct)

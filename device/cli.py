@@ -78,7 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{runtime.path}  backend={runtime.backend}  threads={args.threads}  batch={args.batch}")
+    print(f"{runtime.path}  backend={runtime.backend}  threads={args.threads or 'default'}  batch={args.batch}")
     print(f"warm-up {args.warmup} runs, then {args.runs} timed runs of Runtime.predict")
     print(
         f"median {summary['median_ms']:.3f} ms   p90 {summary['p90_ms']:.3f} ms   p99 {summary['p99_ms']:.3f} ms   "

@@ -105,6 +105,10 @@ class Runtime:
         self._resizable = len(signature) > 0 and int(signature[0]) == -1
         self._batch = int(self._in["shape"][0])
 
+    def __repr__(self) -> str:
+        mode = self.manifest.mode if self.manifest else "raw .tflite"
+        return f"Runtime({str(self.path)!r}, backend={self.backend!r}, mode={mode!r})"
+
     # -- loading -----------------------------------------------------------------------------
 
     def _read(self, path: Path) -> bytes:
