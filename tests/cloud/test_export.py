@@ -108,6 +108,16 @@ def test_silent_nan_export_is_caught_and_loses_nothing(loaded_run, exported, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging directory left behind
 
 
+def test_cli_exits_nonzero_on_a_failed_verification(cnn_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from cloud import cli
+
+    monkeypatch.setattr("cloud.export.convert", _saved_model_route)
+    rc = cli.main(["export", str(cnn_run), "--mode", "float32", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error:" in err and "non-finite" in err and "Nothing was written" in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_compare_flags_disagreement() -> None:
     rng = np.random.default_rng(0)
     keras_logits = rng.normal(size=(100, 10)).astype(np.float32)
