@@ -19,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install legacy device-env demo test bench bundles clean
+.PHONY: install legacy device-env lint demo test bench bundles clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,7 +60,10 @@ demo: install
 	$(BIN)/edgeloop device bench mnist-cnn-int8 --runs 300
 	@echo "demo done: run, bundles, export-report.json and export-report.png are in $(DEMO)/"
 
-test: install legacy device-env
+lint: install
+	$(BIN)/ruff check .
+
+test: install legacy device-env lint
 	$(BIN)/python -m pytest -q
 
 bench: install legacy device-env

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -366,7 +366,7 @@ def wait_ready(workers: dict[str, Worker], series: dict[tuple[str, str], Series]
             del workers[backend]
             continue
         versions[backend] = hello["versions"]
-        for (bundle, key), s in series.items():
+        for (bundle, _key), s in series.items():
             if s.variant.backend == backend:
                 loaded = hello["variants"].get(f"{bundle}/{s.variant.kind}", {"error": "not loaded"})
                 s.error, s.top1 = loaded.get("error"), loaded.get("top1")
@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(table)
     result = {
         "benchmark": "device_runtime",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "settings": asdict(settings),
         "machine": machine_info(worker_versions),

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from cloud.errors import DataError
+from device.errors import ImageReadError
+from device.images import IMAGE_SUFFIXES, read_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BUILTIN_SOURCES = ("mnist5k", "digits")
 
 
@@ -55,7 +56,7 @@ class Dataset:
         mean, std = self.normalization
         return ((self.x.astype(np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)
 
-    def subset(self, index: np.ndarray) -> "Dataset":
+    def subset(self, index: np.ndarray) -> Dataset:
         return replace(self, x=self.x[index], y=self.y[index])
 
 
@@ -158,31 +159,24 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 def load_image_folder(path: str | Path, shape: tuple[int, int, int] = (28, 28, 1)) -> Dataset:
-    """One subfolder per class (sorted names are the labels), PNG/JPEG images resized to ``shape``."""
-    from PIL import Image, UnidentifiedImageError
-
+    """One subfolder per class (sorted names are the labels), images resized to ``shape`` (H, W, C)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no such directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: expected one subfolder per class, found none")
-    mode = "L" if shape[2] == 1 else "RGB"
     xs: list[np.ndarray] = []
     ys: list[int] = []
     for label, cls in enumerate(classes):
         files = sorted(f for f in (root / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DataError(f"{root / cls}: class folder holds no PNG/JPEG images")
+            raise DataError(f"{root / cls}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         for file in files:
             try:
-                with Image.open(file) as img:
-                    img = img.convert(mode)
-                    if img.size != (shape[1], shape[0]):
-                        img = img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-                    xs.append(np.asarray(img, dtype=np.uint8).reshape(shape))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise DataError(f"{file}: cannot read this image ({exc})") from None
+                xs.append(read_image(file, shape))
+            except ImageReadError as exc:
+                raise DataError(str(exc)) from None
             ys.append(label)
     return Dataset(root.name, np.stack(xs), np.asarray(ys, dtype=np.int64), tuple(classes))
 

@@ -11,10 +11,11 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,11 +30,10 @@ from device.bundle import (
     Manifest,
     Normalization,
     OutputSpec,
-    Quantization,
     sha256_bytes,
     write_bundle,
 )
-from device.interpreter import load_interpreter_class
+from device.interpreter import load_interpreter_class, tensor_quantization
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,6 @@ def keras_logits(model: Any, data: Dataset, batch: int = 500) -> np.ndarray:
     return np.concatenate([np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
-def _quant(details: dict[str, Any]) -> Quantization | None:
-    scale, zero_point = details["quantization"]
-    return Quantization(float(scale), int(zero_point)) if scale else None
-
-
 def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created: str) -> Manifest:
     """Describe ``tflite`` from the model's own tensors plus the run's preprocessing and labels."""
     interpreter_cls, _ = load_interpreter_class()
@@ -125,14 +120,14 @@ def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created
             raw_dtype=train.x.dtype.name,
             raw_range=train.raw_range,
             normalization=Normalization(mean, std),
-            quantization=_quant(inp),
+            quantization=tensor_quantization(inp),
         ),
         output=OutputSpec(
             shape=tuple(int(d) for d in out["shape"][1:]),
             dtype=np.dtype(out["dtype"]).name,
             labels=train.labels,
             kind="logits",
-            quantization=_quant(out),
+            quantization=tensor_quantization(out),
         ),
         sha256=sha256_bytes(tflite),
         size_bytes=len(tflite),
@@ -160,7 +155,7 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     out = Path(out_dir)
     rep = representative_set(run, config.representative_samples) if config.mode == "int8" else None
     tflite = convert(run.model, config.mode, rep, config.compat)
-    created = config.created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = config.created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     manifest = build_manifest(tflite, run, config, created)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -8,7 +8,8 @@ concrete-function routes produce models that run but output all-NaN. Whatever ro
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -10,6 +10,7 @@ import importlib
 import os
 from typing import Any
 
+from device.bundle import Quantization
 from device.errors import InterpreterUnavailableError
 
 BACKENDS: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -41,3 +42,9 @@ def load_interpreter_class(preferred: str | None = None) -> tuple[type, str]:
         + "; ".join(errors)
         + "). Install the device extra: pip install 'edgeloop[device]'"
     )
+
+
+def tensor_quantization(details: dict[str, Any]) -> Quantization | None:
+    """A tensor's ``(scale, zero_point)`` from interpreter details; None for a float tensor."""
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return Quantization(float(scale), int(zero_point)) if scale else None

@@ -20,13 +20,12 @@ from device.bundle import (
     Manifest,
     Normalization,
     OutputSpec,
-    Quantization,
     check_tflite_bytes,
     read_manifest,
     read_model_bytes,
 )
-from device.errors import BundleError, InputError
-from device.interpreter import load_interpreter_class
+from device.errors import BundleError
+from device.interpreter import load_interpreter_class, tensor_quantization
 from device.preprocess import as_batch, check_values, input_transform, output_dequantizer, softmax
 
 
@@ -46,11 +45,6 @@ class Prediction:
             "confidence": self.confidence,
             "top": [{"label": lab, "probability": p} for lab, p in self.top],
         }
-
-
-def _quantization(details: dict[str, Any]) -> Quantization | None:
-    scale, zero_point = details.get("quantization", (0.0, 0))
-    return Quantization(float(scale), int(zero_point)) if scale else None
 
 
 def _dtype_name(details: dict[str, Any]) -> str:
@@ -89,9 +83,9 @@ class Runtime:
         self._in, self._out = inputs[0], outputs[0]
         self.input_spec, self.output_spec = self._describe()
         self._transform = input_transform(
-            self.input_spec.normalization, self.input_spec.dtype, _quantization(self._in)
+            self.input_spec.normalization, self.input_spec.dtype, tensor_quantization(self._in)
         )
-        self._dequantize = output_dequantizer(self.output_spec.dtype, _quantization(self._out))
+        self._dequantize = output_dequantizer(self.output_spec.dtype, tensor_quantization(self._out))
         self._output_is_float = self.output_spec.dtype == "float32"
         # Fast path for the common call, one uint8 image: a table lookup replaces validation and
         # normalization (uint8 cannot be non-finite, nor leave a [0, 255] raw range).
@@ -140,14 +134,14 @@ class Runtime:
                     raw_dtype="float32",
                     raw_range=(-np.inf, np.inf),
                     normalization=Normalization(),
-                    quantization=_quantization(self._in),
+                    quantization=tensor_quantization(self._in),
                 ),
                 OutputSpec(
                     shape=out_shape,
                     dtype=out_dtype,
                     labels=tuple(str(i) for i in range(out_shape[-1] if out_shape else 1)),
                     kind="scores",
-                    quantization=_quantization(self._out),
+                    quantization=tensor_quantization(self._out),
                 ),
             )
         m = self.manifest

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def build_cnn(input_shape: Sequence[int], num_classes: int, filters: tuple[int, int] = (16, 32), dense: int = 128) -> Any:

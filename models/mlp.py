@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def build_mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128,)) -> Any:

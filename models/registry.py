@@ -6,8 +6,9 @@ can describe its own preprocessing to a device.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from models.cnn import build_cnn
 from models.mlp import build_mlp

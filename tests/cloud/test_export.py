@@ -22,7 +22,7 @@ from tests.conftest import LEGACY_PYTHON, ROOT
 
 def test_every_mode_is_verified(exported) -> None:
     assert set(exported) == set(MODES)
-    for mode, result in exported.items():
+    for result in exported.values():
         assert result.error is None, result.error
         assert result.verification.passed and result.verification.samples == 1000
 
