@@ -101,6 +101,14 @@ def keras_logits(model: Any, data: Dataset, batch: int = 500) -> np.ndarray:
     return np.concatenate([np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
+def weights_sha256(model: Any) -> str:
+    """Hash of the Keras weights themselves (a .keras zip stores file times, so its hash varies)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
 def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created: str) -> Manifest:
     """Describe ``tflite`` from the model's own tensors plus the run's preprocessing and labels."""
     interpreter_cls, _ = load_interpreter_class()
@@ -133,7 +141,7 @@ def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created
         size_bytes=len(tflite),
         source={
             "checkpoint": str(run.checkpoint),
-            "checkpoint_sha256": hashlib.sha256(run.checkpoint.read_bytes()).hexdigest(),
+            "weights_sha256": weights_sha256(run.model),
             "train_config": asdict(run.config),
         },
     )
