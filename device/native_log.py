@@ -1,8 +1,9 @@
 """Silence what native libraries print straight to file descriptors 1 and 2.
 
 The TFLite converter prints SavedModel paths and MLIR logs; LiteRT prints an INFO line
-when it applies XNNPACK. Python's ``sys.stdout`` redirection cannot catch either. Used by
-the CLIs only: it swaps process-wide file descriptors, which a library must not do.
+when it applies XNNPACK. Python's ``sys.stdout`` redirection cannot catch either. It swaps
+process-wide file descriptors, so only the CLIs and the cloud-side converter call it; the
+device runtime, which may run beside other threads, never does.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class Runtime:
     # -- loading -----------------------------------------------------------------------------
 
     def _read(self, path: Path) -> bytes:
-        if path.is_dir() or (path.suffix != ".tflite" and path.name == MANIFEST_NAME):
+        if path.is_dir() or path.name == MANIFEST_NAME:
             bundle_dir = path if path.is_dir() else path.parent
             self.manifest = read_manifest(bundle_dir)
             self.model_path = bundle_dir / self.manifest.model_file
