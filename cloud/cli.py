@@ -61,6 +61,8 @@ def _export(args: argparse.Namespace) -> int:
     from cloud.report import plot_accuracy_vs_size, print_table, write_json
 
     run = load_run(args.run)
+    if args.trainable:
+        return _export_trainable(args, run)
     config = ExportConfig(mode=args.mode, compat=args.compat, name=args.name, version=args.version,
                           created=args.created)
     out_root = Path(args.out or (run.run_dir / "bundles"))
@@ -89,6 +91,22 @@ def _export(args: argparse.Namespace) -> int:
         print_table(rows, title)
         print(f"report: {out_root / 'export-report.json'}, plot: {out_root / 'export-report.png'}")
     return 0 if all(r["passed"] for r in rows) else 1
+
+
+def _export_trainable(args: argparse.Namespace, run) -> int:
+    from cloud.trainable import TrainableConfig, export_trainable
+
+    config = TrainableConfig(optimizer=args.train_optimizer, learning_rate=args.train_lr, train_batch=args.train_batch)
+    target = Path(args.out) if args.out else run.run_dir / "bundles" / (args.name or f"{Path(run.config.data).stem}-{run.config.model}-trainable")
+    v = export_trainable(run, target, config, name=args.name, version=args.version, created=args.created)
+    if args.json:
+        print(json.dumps({"bundle": str(target), **v.to_json()}, indent=2))
+    else:
+        print(f"trainable bundle verified and written to {target}: {v.size_bytes / 1024:.1f} KiB, "
+              f"{config.optimizer} lr {config.lr:g}, train batch {config.train_batch}; {v.steps} train steps "
+              f"LiteRT vs TensorFlow max |Δ weight| {v.max_weight_diff:.1e}, get/set_weights round-trip "
+              f"{'exact' if v.roundtrip_exact else 'INEXACT'}, accuracy {100 * v.tflite_accuracy:.2f}%")
+    return 0
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
@@ -132,6 +150,11 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     p.add_argument("--version", default="1")
     p.add_argument("--created", default=None, help="ISO 8601 timestamp for the manifest (default: now)")
+    p.add_argument("--trainable", action="store_true",
+                   help="a float32 bundle that trains on the device (infer/train/evaluate/get_weights/set_weights)")
+    p.add_argument("--train-optimizer", default="sgd", choices=("sgd", "adam"), help="with --trainable")
+    p.add_argument("--train-lr", type=float, default=None, help="with --trainable (default sgd 0.1, adam 1e-3)")
+    p.add_argument("--train-batch", type=int, default=32, help="with --trainable: the fixed on-device batch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -27,6 +27,7 @@ MODEL_NAME = "model.tflite"
 MODES = ("float32", "float16", "dynamic", "int8")
 TENSOR_DTYPES = ("float32", "int8", "uint8")
 OUTPUT_KINDS = ("logits", "probabilities", "scores")
+TRAIN_SIGNATURES = ("infer", "train", "get_weights", "set_weights")  # required; "evaluate" is optional
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,44 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class VariableSpec:
+    """One trainable variable of a trainable .tflite: its signature name, origin, shape, and where
+    its initial value sits in the flatbuffer (so new weights can be written without TensorFlow)."""
+
+    name: str
+    layer: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * math.prod(self.shape)  # float32
+
+
+@dataclass(frozen=True)
+class TrainableSpec:
+    """What makes a bundle trainable on the device: its fixed train batch, optimizer and variables."""
+
+    train_batch: int
+    optimizer: str
+    learning_rate: float
+    signatures: tuple[str, ...]
+    variables: tuple[VariableSpec, ...]
+    frozen: tuple[str, ...] = ()  # layers baked in as constants (a CNN's convolutions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "train_batch": self.train_batch,
+            "optimizer": self.optimizer,
+            "learning_rate": self.learning_rate,
+            "signatures": list(self.signatures),
+            "variables": [{"name": v.name, "layer": v.layer, "shape": list(v.shape), "offset": v.offset}
+                          for v in self.variables],
+            "frozen": list(self.frozen),
+        }
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What ``manifest.json`` holds; see :func:`parse_manifest` for the validation."""
 
@@ -93,6 +132,7 @@ class Manifest:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
     format: str = FORMAT
+    trainable: TrainableSpec | None = None  # None: an inference-only bundle
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as plain JSON types, in the layout :func:`parse_manifest` reads."""
@@ -123,7 +163,7 @@ class Manifest:
             },
             "metrics": dict(self.metrics),
             "source": dict(self.source),
-        }
+        } | ({} if self.trainable is None else {"trainable": self.trainable.to_json()})
 
 
 def _get(obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -239,7 +279,38 @@ def parse_manifest(data: Any) -> Manifest:
         metrics=_optional_object(data, "metrics"),
         source=_optional_object(data, "source"),
         format=fmt,
+        trainable=_trainable(data.get("trainable")),
     )
+
+
+def _trainable(value: Any) -> TrainableSpec | None:
+    """The optional ``trainable`` section; bundles written before it existed have none."""
+    if value is None:
+        return None
+    where = "trainable"
+    batch = _get(value, "train_batch", where, int)
+    if batch < 1:
+        raise BundleError(f"manifest field 'trainable.train_batch' must be >= 1, got {batch}")
+    lr = float(_get(value, "learning_rate", where, (int, float)))
+    if not (math.isfinite(lr) and lr > 0):
+        raise BundleError(f"manifest field 'trainable.learning_rate' must be a finite number > 0, got {lr!r}")
+    signatures = _get(value, "signatures", where, list)
+    missing = [s for s in TRAIN_SIGNATURES if s not in signatures]
+    if missing:
+        raise BundleError(f"manifest field 'trainable.signatures' lacks {', '.join(missing)}")
+    variables = []
+    for i, var in enumerate(_get(value, "variables", where, list)):
+        at = f"trainable.variables[{i}]"
+        offset = _get(var, "offset", at, int)
+        if offset < 0:
+            raise BundleError(f"manifest field '{at}.offset' must be >= 0, got {offset}")
+        variables.append(VariableSpec(_get(var, "name", at, str), _get(var, "layer", at, str),
+                                      _shape(_get(var, "shape", at, list), f"{at}.shape"), offset))
+    if not variables:
+        raise BundleError("manifest field 'trainable.variables' must list at least one variable")
+    frozen = value.get("frozen") or []
+    return TrainableSpec(batch, _get(value, "optimizer", where, str), lr, tuple(signatures), tuple(variables),
+                         tuple(str(f) for f in frozen))
 
 
 def _optional_object(data: Mapping[str, Any], key: str) -> dict[str, Any]:

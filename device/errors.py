@@ -29,3 +29,7 @@ class ImageReadError(InputError):
 
 class InterpreterUnavailableError(EdgeloopError):
     """No TFLite interpreter (LiteRT, tflite-runtime or TensorFlow) can be imported."""
+
+
+class NotTrainableError(BundleError):
+    """A bundle without the ``train``/``get_weights``/``set_weights`` signatures was asked to train."""

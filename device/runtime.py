@@ -74,8 +74,16 @@ class Runtime:
                 hint = (f" The {self.backend} runtime is older than this model's ops; re-export it with "
                         "'edgeloop cloud export --compat tflite-runtime', or install ai-edge-litert.")
             raise BundleError(f"{self.model_path}: the interpreter cannot load this model ({str(exc).strip()}).{hint}") from None
-        inputs = self._interpreter.get_input_details()
-        outputs = self._interpreter.get_output_details()
+        # A trainable bundle holds several signatures; subgraph 0 may be any of them, so use "infer".
+        signatures = self._interpreter.get_signature_list() if hasattr(self._interpreter, "get_signature_list") else {}
+        self._runner = self._interpreter.get_signature_runner("infer") if len(signatures) > 1 and "infer" in signatures else None
+        if self._runner is not None:
+            inputs = list(self._runner.get_input_details().values())
+            outputs = list(self._runner.get_output_details().values())
+            self._runner_io = (next(iter(self._runner.get_input_details())), next(iter(self._runner.get_output_details())))
+        else:
+            inputs = self._interpreter.get_input_details()
+            outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleError(
                 f"{self.model_path}: expected one input and one output tensor, found {len(inputs)} and {len(outputs)}"
@@ -174,6 +182,9 @@ class Runtime:
         return self._transform(batch), single
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        if self._runner is not None:  # the signature runner resizes its dynamic batch itself
+            name_in, name_out = self._runner_io
+            return self._runner(**{name_in: batch})[name_out]
         n = batch.shape[0]
         if n != self._batch:
             if not self._resizable:
