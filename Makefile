@@ -18,6 +18,11 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
+# Flower: no telemetry, no update check, no runtime dependency installation; its home inside the repo
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_HOME := $(CURDIR)/.cache/flwr
 
 .PHONY: install legacy device-env lint demo test bench bundles clean
 
@@ -38,7 +43,7 @@ $(LEGACY_STAMP):
 # A device-only environment (the `device` extra: numpy, LiteRT, Pillow, rich; no TensorFlow).
 $(DEVICE_STAMP): pyproject.toml
 	$(PY) -m venv $(DEVICE_ENV)
-	$(DEVICE_ENV)/bin/python -m pip install -q -e ".[device]"
+	$(DEVICE_ENV)/bin/python -m pip install -q -e ".[device,device-fl]"
 	touch $@
 
 install: $(STAMP)

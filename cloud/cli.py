@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from device.errors import EdgeloopError
+from federated.errors import FederatedError
 
 
 def _quiet_tf() -> None:
@@ -109,6 +110,78 @@ def _export_trainable(args: argparse.Namespace, run) -> int:
     return 0
 
 
+def _core_args(p: argparse.ArgumentParser) -> None:
+    """The ``federated`` core's knobs, shared by fl-server and deploy-local."""
+    p.add_argument("--strategy", default="fedavg", help="fedsgd, fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad")
+    p.add_argument("--aggregator", default="mean", help="mean, median, trimmed_mean, krum, multi_krum")
+    p.add_argument("--server-lr", type=float, default=1.0)
+    p.add_argument("--max-update-norm", type=float, default=None, help="reject updates whose L2 distance exceeds this")
+    p.add_argument("--dp-clip", type=float, default=None, help="DP-FedAvg: clip each client's delta to this L2 norm")
+    p.add_argument("--dp-noise", type=float, default=1.0, help="DP-FedAvg noise multiplier (with --dp-clip)")
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round waits for replies")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
+    from cloud.fl_server import FLServerConfig
+
+    core = {"strategy": args.strategy, "aggregator": args.aggregator, "server_lr": args.server_lr,
+            "max_update_norm": args.max_update_norm}
+    if args.dp_clip is not None:
+        core["dp"] = {"clip_norm": args.dp_clip, "noise_multiplier": args.dp_noise}
+    min_clients = args.min_clients or getattr(args, "clients", None) or 1
+    return FLServerConfig(out=out, bundle=bundle, rounds=args.rounds, min_clients=min_clients,
+                          local_epochs=args.local_epochs, round_timeout_s=args.round_timeout,
+                          eval_data=getattr(args, "eval_data", None), seed=args.seed, core=core)
+
+
+def cmd_fl_server(args: argparse.Namespace) -> int:
+    from cloud.fl_launch import TLS, FlowerServer, terminate_as_interrupt
+
+    config = fl_server_config(args, str(Path(args.out).resolve()), str(Path(args.bundle).resolve()))
+    tls = None
+    if args.ssl_certfile or args.ssl_keyfile or args.ssl_ca_certfile:
+        if not (args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile):
+            raise ValueError("TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile together")
+        tls = TLS(Path(args.ssl_certfile), Path(args.ssl_keyfile), Path(args.ssl_ca_certfile))
+    server = FlowerServer(config, port=args.port, tls=tls)
+    with terminate_as_interrupt():
+        try:
+            server.start()
+            if not args.json:
+                print(f"SuperLink on {server.address} ({'TLS' if tls else 'insecure, loopback only'}); waiting for "
+                      f"{config.min_clients} device(s): edgeloop device fl-client --server {server.address} "
+                      f"--bundle {config.bundle} --data ...", flush=True)
+            result = server.wait(args.timeout)
+        finally:
+            server.stop()
+    _print_rounds(result, args.json, Path(config.out))
+    return 0
+
+
+def _print_rounds(result: dict, as_json: bool, out: Path) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for r in result["rounds"]:
+        if "refused" in r:
+            print(f"round {r['round']}: refused: {r['refused']}")
+            continue
+        acc = f"  test accuracy {100 * r['test_accuracy']:.2f}%" if "test_accuracy" in r else ""
+        if r["round"] == 0:
+            print(f"round 0 (initial model):{acc}")
+            continue
+        extra = ""
+        if r.get("rejected"):
+            extra += "  rejected: " + "; ".join(f"{k}: {v}" for k, v in r["rejected"].items())
+        if r.get("dropouts"):
+            extra += f"  dropouts: {', '.join(r['dropouts'])}"
+        print(f"round {r['round']}: {len(r['accepted'])} accepted, {r['num_samples']} samples, "
+              f"{r['round_s']:.2f} s{acc}{extra}")
+    print(f"rounds, checkpoint and the final device bundle are in {out} (bundle: {out / 'bundle'})")
+
+
 def cmd_ship(args: argparse.Namespace) -> int:
     from cloud.ship import ShipConfig, ship_bundles
 
@@ -158,6 +231,21 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("fl-server", help="run federated rounds over Flower (SuperLink + ServerApp) on loopback")
+    p.add_argument("--bundle", required=True, help="the initial trainable bundle (export --trainable)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-clients", type=int, default=2)
+    p.add_argument("--out", required=True, help="run directory: rounds.json, checkpoint.npz, bundles/, bundle/")
+    p.add_argument("--port", type=int, default=9093, help="SuperLink port on 127.0.0.1")
+    p.add_argument("--eval-data", default=None, help=".npz the server evaluates each new global model on")
+    p.add_argument("--ssl-certfile", default=None, help="TLS: the SuperLink's certificate (PEM)")
+    p.add_argument("--ssl-keyfile", default=None, help="TLS: its private key")
+    p.add_argument("--ssl-ca-certfile", default=None, help="TLS: the CA certificate (clients get it)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    _core_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fl_server)
+
     p = sub.add_parser("ship-bundles", help="regenerate models/bundles (MNIST CNN, int8 and float32) from a seed")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -171,7 +259,7 @@ def main(argv: list[str] | None = None, prog: str = "edgeloop cloud") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         return int(args.func(args))
-    except (EdgeloopError, ValueError, KeyError) as exc:
+    except (EdgeloopError, FederatedError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 1

@@ -104,6 +104,30 @@ def cmd_bundles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fl_client(args: argparse.Namespace) -> int:
+    import socket
+
+    from device.fl_client import run_supernode, supernode_argv
+    from device.native_log import quiet_native_output
+    from device.trainer import DeviceTrainer, load_local_data
+
+    bundle = resolve_bundle(args.bundle)
+    with quiet_native_output(stdout=False):
+        trainer = DeviceTrainer(bundle)  # fails now, with a clear message, for a non-trainable bundle
+    data = load_local_data(args.data, trainer.manifest)
+    port = args.clientappio_port
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    fault_options = {k: v for k, v in (("delay", args.fault_delay), ("marker", args.fault_marker)) if v}
+    argv = supernode_argv(args.server, bundle, str(args.data), port, root_certificates=args.root_certificates,
+                          seed=args.seed, fault=args.fault, fault_options=fault_options)
+    print(f"joining {args.server} with {trainer.manifest.name} ({len(data)} local samples, train batch "
+          f"{trainer.batch}); ClientAppIo on 127.0.0.1:{port}", flush=True)
+    return run_supernode(argv, poll_interval=args.poll_interval)
+
+
 def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Run edgeloop bundles with LiteRT (no TensorFlow).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +155,19 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a bundle or .tflite as JSON")
     bundle_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("fl-client", help="join federated rounds as a Flower SuperNode, training in LiteRT")
+    p.add_argument("--server", required=True, help="the SuperLink's Fleet address, e.g. 127.0.0.1:9093")
+    p.add_argument("--data", required=True, help="local data: an .npz (x, y), an image folder, or scheme:PATH")
+    p.add_argument("--bundle", required=True, help="a trainable bundle (edgeloop cloud export --trainable)")
+    p.add_argument("--root-certificates", default=None, help="CA certificate (PEM) to reach a TLS SuperLink")
+    p.add_argument("--clientappio-port", type=int, default=0, help="local port for the ClientApp (default: a free one)")
+    p.add_argument("--seed", type=int, default=0, help="local shuffling seed")
+    p.add_argument("--poll-interval", type=float, default=0.05, help="SuperNode idle poll, seconds")
+    p.add_argument("--fault", choices=("nan", "wrong-shape", "slow"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fault-delay", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fault-marker", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_fl_client)
 
     p = sub.add_parser("bundles", help="list the pretrained bundles shipped with edgeloop")
     p.set_defaults(func=cmd_bundles)

@@ -1,0 +1,135 @@
+"""The device side of real federated rounds: a Flower ClientApp that trains inside the .tflite.
+
+``edgeloop device fl-client`` runs a Flower SuperNode in this process; for each round the
+SuperNode starts a fresh ClientApp process, which loads :data:`app` from here. That process
+imports numpy, LiteRT and Flower, never TensorFlow (each reply reports whether it did), so it
+starts in well under a second. The node's own settings (bundle, data) travel as Flower
+``node_config``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Flower's defaults we never want on a device or in CI
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+}
+FAULTS = ("nan", "wrong-shape", "slow")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train_reply(content: Any, node_config: dict[str, Any]) -> tuple[list[Any], dict[str, float]]:
+    """Set the global weights, fit on the node's data, return ``(weights, metrics)``."""
+    import numpy as np
+
+    from device.trainer import DeviceTrainer, FitConfig, load_local_data
+
+    started = time.perf_counter()
+    config = content["config"]
+    trainer = DeviceTrainer(node_config["bundle"])
+    data = load_local_data(node_config["data"], trainer.manifest)
+    fault = str(node_config.get("fault", ""))
+    if fault == "slow":
+        marker = node_config.get("marker")
+        if marker:
+            Path(str(marker)).write_text(str(os.getpid()))
+        time.sleep(float(node_config.get("delay", 5.0)))
+    trainer.set_weights(content["arrays"].to_numpy_ndarrays())
+    seed = int(node_config.get("seed", 0)) * 100_003 + int(config.get("seed", 0)) * 1_009 + int(config["round"])
+    result = trainer.fit(data, FitConfig(epochs=int(config.get("epochs", 1)), seed=seed))
+    weights = result.weights
+    if fault == "nan":
+        weights[0] = np.full_like(weights[0], np.nan)
+    elif fault == "wrong-shape":
+        weights[0] = weights[0][:-1]
+    metrics = {
+        "num-examples": result.num_samples,
+        "train-loss": result.loss,
+        "steps": result.steps,
+        "fit-s": time.perf_counter() - started,
+        "peak-rss-mb": _peak_rss_mb(),
+        "tensorflow-loaded": int("tensorflow" in sys.modules),
+        "pid": os.getpid(),
+    }
+    return weights, metrics
+
+
+def _make_app() -> Any:
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        weights, metrics = train_reply(msg.content, dict(context.node_config))
+        return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return client_app
+
+
+app = _make_app()
+
+
+def _fast_supernode_poll(interval: float) -> None:
+    """Flower 1.42's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
+    alone would cost ~3 s per round; cap its sleeps at ``interval`` (this process only)."""
+    import time as real_time
+    import types
+
+    from flwr.supernode import start_client_internal as sci
+
+    clock = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
+    clock.sleep = lambda seconds: real_time.sleep(min(float(seconds), interval))
+    sci.time = clock
+
+
+def supernode_argv(server: str, bundle: Path, data: str, clientappio_port: int, *, root_certificates: str | None,
+                   seed: int, fault: str | None, fault_options: dict[str, str] | None = None) -> list[str]:
+    """The ``flower-supernode`` arguments for one device."""
+    def quote(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    node_config = {"bundle": quote(str(bundle.resolve())), "data": quote(data), "seed": str(seed)}
+    if fault:
+        node_config["fault"] = quote(fault)
+        node_config.update({k: quote(v) for k, v in (fault_options or {}).items()})
+    argv = ["flower-supernode", "--superlink", server, "--host", "127.0.0.1", "--port", str(clientappio_port),
+            "--node-config", " ".join(f"{k}={v}" for k, v in node_config.items()),
+            "--max-wait-time", "120"]
+    argv += ["--root-certificates", root_certificates] if root_certificates else ["--insecure"]
+    return argv
+
+
+def run_supernode(argv: list[str], poll_interval: float = 0.05, lean_launcher: bool = True) -> int:
+    """Run a Flower SuperNode in this process (so this PID is the device's) until it is stopped."""
+    for key, value in FLOWER_ENV.items():
+        os.environ.setdefault(key, value)
+    # SuperExec starts `flwr-clientapp` from PATH: make it this interpreter's
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    if lean_launcher:
+        from device.fl_clientapp import install_launcher
+
+        home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+        install_launcher(home / "edgeloop-bin")
+    _fast_supernode_poll(poll_interval)
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = argv
+    try:
+        flower_supernode()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
