@@ -57,3 +57,24 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``mlp-small`` trained 1 epoch on sklearn's digits (about 30% test accuracy: room to improve)."""
+    from cloud.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("digits-run")
+    train(TrainConfig(model="mlp-small", data="digits", epochs=1, patience=None, seed=0), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def trainable_bundle(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits run exported with ``--trainable`` (SGD, train batch 32), verified."""
+    from cloud.export import load_run
+    from cloud.trainable import TrainableConfig, export_trainable
+
+    out = tmp_path_factory.mktemp("trainable") / "digits-mlp-small-trainable"
+    export_trainable(load_run(digits_run), out, TrainableConfig())
+    return out
