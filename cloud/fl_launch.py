@@ -220,6 +220,8 @@ class FlowerServer:
     def start(self, timeout: float = 60.0) -> None:
         self._prepare()
         env = flower_env(self.home)
+        # Flower's in-memory state: a restarted SuperLink forgets the old run and its devices, which
+        # rejoin (edgeloop device fl-client supervises its SuperNode); the rounds live in our checkpoint
         argv = ["flower-superlink", "--host", HOST, "--port", str(self.port), "--disable-runtime-dependency-installation"]
         if self.tls:
             argv += ["--ssl-certfile", str(self.tls.certfile), "--ssl-keyfile", str(self.tls.keyfile),

@@ -38,7 +38,8 @@ class FLServerConfig:
     out: str
     bundle: str  # the initial trainable bundle
     rounds: int = 3
-    min_clients: int = 2
+    min_clients: int = 2  # fewer valid updates than this: the round is refused (the core's rule)
+    wait_for_clients: int | None = None  # connected devices to wait for before a round; default min_clients
     local_epochs: int = 1
     round_timeout_s: float = 60.0
     clients_wait_s: float = 60.0
@@ -118,7 +119,7 @@ class RoundRunner:
         deadline = time.monotonic() + self.config.clients_wait_s
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.config.min_clients or time.monotonic() > deadline:
+            if len(nodes) >= (self.config.wait_for_clients or self.config.min_clients) or time.monotonic() > deadline:
                 return nodes
             time.sleep(0.1)
 

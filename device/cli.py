@@ -107,7 +107,7 @@ def cmd_bundles(args: argparse.Namespace) -> int:
 def cmd_fl_client(args: argparse.Namespace) -> int:
     import socket
 
-    from device.fl_client import run_supernode, supernode_argv
+    from device.fl_client import supernode_argv, supervise
     from device.native_log import quiet_native_output
     from device.trainer import DeviceTrainer, load_local_data
 
@@ -125,7 +125,7 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
                           seed=args.seed, fault=args.fault, fault_options=fault_options)
     print(f"joining {args.server} with {trainer.manifest.name} ({len(data)} local samples, train batch "
           f"{trainer.batch}); ClientAppIo on 127.0.0.1:{port}", flush=True)
-    return run_supernode(argv, poll_interval=args.poll_interval)
+    return supervise(argv, args.poll_interval, args.max_backoff, log=lambda m: print(m, flush=True))
 
 
 def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
@@ -164,6 +164,7 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     p.add_argument("--clientappio-port", type=int, default=0, help="local port for the ClientApp (default: a free one)")
     p.add_argument("--seed", type=int, default=0, help="local shuffling seed")
     p.add_argument("--poll-interval", type=float, default=0.05, help="SuperNode idle poll, seconds")
+    p.add_argument("--max-backoff", type=float, default=2.0, help="longest wait between reconnection attempts, seconds")
     p.add_argument("--fault", choices=("nan", "wrong-shape", "slow"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-delay", default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-marker", default=None, help=argparse.SUPPRESS)

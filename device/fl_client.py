@@ -83,17 +83,20 @@ def _make_app() -> Any:
 app = _make_app()
 
 
-def _fast_supernode_poll(interval: float) -> None:
-    """Flower 1.42's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message, which
-    alone would cost ~3 s per round; cap its sleeps at ``interval`` (this process only)."""
+def _tune_supernode(poll_interval: float, max_backoff: float) -> None:
+    """Two constants of Flower 1.42's SuperNode, for this process only: it sleeps a hard-coded 3 s
+    whenever a pull finds no message (alone ~3 s per round), and backs off up to a minute and more
+    between reconnection attempts (a device would sit idle long after its server restarted)."""
     import time as real_time
     import types
 
+    from flwr.supercore.retry import http_retry
     from flwr.supernode import start_client_internal as sci
 
     clock = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
-    clock.sleep = lambda seconds: real_time.sleep(min(float(seconds), interval))
+    clock.sleep = lambda seconds: real_time.sleep(min(float(seconds), poll_interval))
     sci.time = clock
+    http_retry.MAX_RETRY_DELAY = max_backoff
 
 
 def supernode_argv(server: str, bundle: Path, data: str, clientappio_port: int, *, root_certificates: str | None,
@@ -113,7 +116,7 @@ def supernode_argv(server: str, bundle: Path, data: str, clientappio_port: int, 
     return argv
 
 
-def run_supernode(argv: list[str], poll_interval: float = 0.05, lean_launcher: bool = True) -> int:
+def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: float = 2.0, lean_launcher: bool = True) -> int:
     """Run a Flower SuperNode in this process (so this PID is the device's) until it is stopped."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
@@ -124,7 +127,7 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, lean_launcher: b
 
         home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
         install_launcher(home / "edgeloop-bin")
-    _fast_supernode_poll(poll_interval)
+    _tune_supernode(poll_interval, max_backoff)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = argv
@@ -133,3 +136,56 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, lean_launcher: b
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def supervise(argv: list[str], poll_interval: float, max_backoff: float, max_quick_exits: int = 5,
+              log: Any = print) -> int:
+    """Keep this device in the federation: run the SuperNode in a child process and start a new one
+    whenever it ends (Flower 1.42's SuperNode exits when its SuperLink restarts and forgets it).
+    The child shares this process group, so stopping this PID's group stops everything."""
+    import signal
+    import subprocess
+
+    cmd = [sys.executable, "-m", "device.fl_client", str(poll_interval), str(max_backoff), *argv]
+    stopping = False
+    child: subprocess.Popen | None = None
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    quick = 0
+    try:
+        while not stopping:
+            started = time.monotonic()
+            child = subprocess.Popen(cmd)
+            while child.poll() is None:
+                try:
+                    child.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if stopping:
+                break
+            quick = quick + 1 if time.monotonic() - started < 3.0 else 0
+            if quick >= max_quick_exits:
+                log(f"the SuperNode exited {quick} times within seconds of starting (code {child.returncode}); giving up")
+                return 1
+            log(f"the SuperNode ended (code {child.returncode}); rejoining")
+            time.sleep(min(1.0, max_backoff))
+    finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":  # the supervised SuperNode: python -m device.fl_client POLL BACKOFF flower-supernode ...
+    raise SystemExit(run_supernode(sys.argv[3:], poll_interval=float(sys.argv[1]), max_backoff=float(sys.argv[2])))

@@ -1,0 +1,228 @@
+"""Real federated rounds on Flower's deployment engine, on 127.0.0.1: SuperLink, ServerApp, device SuperNodes.
+
+Every process is started in its own process group and stopped by PID in ``finally``; every wait is
+bounded in time. The model is ``mlp-small`` on sklearn's digits, so a round trains in milliseconds
+and the time is Flower's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, SHIPPED
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited: it only waits for its parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _alive(int(entry.name)):
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(f"{entry.name}: {cmd}")
+    return found
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def partitions(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    from cloud.fl_launch import DeployConfig, prepare_data
+
+    out = tmp_path_factory.mktemp("fl-data")
+    return prepare_data(DeployConfig(out=str(out), clients=4), out)
+
+
+class Deployment:
+    """A FlowerServer and device processes, all stopped by PID on close."""
+
+    def __init__(self, out: Path, bundle: Path, **server_kwargs) -> None:
+        from cloud.fl_launch import FlowerServer
+        from cloud.fl_server import FLServerConfig
+
+        self.out = out
+        self.bundle = bundle
+        self.config = FLServerConfig(out=str(out), bundle=str(bundle), **server_kwargs)
+        self.server = FlowerServer(self.config)
+        self.clients: list = []
+        self.pids: list[int] = []
+
+    def start_server(self) -> None:
+        self.server.start()
+        self.pids += [self.server.superlink.pid, self.server.run.pid]
+
+    def restart_server(self) -> None:
+        from cloud.fl_launch import FlowerServer
+
+        self.server = FlowerServer(self.config, port=self.server.port)
+        self.start_server()
+
+    def add_client(self, data: Path, **kwargs):
+        from cloud.fl_launch import start_client
+
+        i = len(self.clients)
+        proc = start_client(self.server.address, self.bundle, data, self.out / "logs" / f"client-{i}.log",
+                            self.out / "flwr-home" / f"client-{i}", seed=i, **kwargs)
+        self.clients.append(proc)
+        self.pids.append(proc.pid)
+        return proc
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.stop()
+        self.server.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, trainable_bundle: Path) -> Iterator:
+    made: list[Deployment] = []
+
+    def make(**kwargs) -> Deployment:
+        made.append(Deployment(tmp_path / "run", trainable_bundle, **kwargs))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+        for pid in d.pids:
+            _wait(lambda pid=pid: not _alive(pid), 10, f"process {pid} to end")
+
+
+def test_three_devices_three_rounds_end_to_end(tmp_path: Path, trainable_bundle: Path, partitions) -> None:
+    """deploy_local: accuracy rises, the final bundle loads in device.Runtime, no client imports TensorFlow."""
+    from cloud.fl_launch import DeployConfig, deploy_local
+    from device import Runtime
+
+    parts, test = partitions
+    out = tmp_path / "e2e"
+    result = deploy_local(DeployConfig(out=str(out), clients=3, rounds=3, bundle=str(trainable_bundle)))
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3] and result["completed"] == 3
+    before, after = rounds[0]["test_accuracy"], rounds[-1]["test_accuracy"]
+    assert after > before + 0.2, (before, after)
+    for r in rounds[1:]:
+        assert len(r["accepted"]) == 3 and not r["rejected"] and not r["dropouts"]
+        assert r["bytes_up"] == r["bytes_down"] > 0
+        assert all(m["tensorflow-loaded"] == 0 for m in r["clients"].values())
+        assert all(m["peak-rss-mb"] > 0 for m in r["clients"].values())
+    # the exported bundle is a real device bundle: Runtime agrees with the accuracy the server recorded
+    data = np.load(out / "data" / "test.npz")
+    probs = Runtime(out / "bundle").predict(data["x"])
+    assert float((probs.argmax(1) == data["y"]).mean()) == pytest.approx(after)
+    assert (out / "bundles" / "round-3" / "model.tflite").read_bytes() == (out / "bundle" / "model.tflite").read_bytes()
+    # no process outlives the run (each was started with this run's paths on its command line)
+    assert len(list((out / "logs").glob("client-*.log"))) == 3
+    assert not _processes_mentioning(str(out))
+
+
+def test_nan_and_wrong_shape_updates_are_rejected_with_a_reason(deployment, partitions) -> None:
+    from federated import load_state
+
+    parts, _ = partitions
+    d = deployment(rounds=1, min_clients=2, wait_for_clients=4, round_timeout_s=60)
+    d.start_server()
+    d.add_client(parts[0])
+    d.add_client(parts[1])
+    nan_client = d.add_client(parts[2], fault="nan")
+    shape_client = d.add_client(parts[3], fault="wrong-shape")
+    result = d.server.wait(120)
+    r = result["rounds"][-1]
+    assert r["round"] == 1 and len(r["accepted"]) == 2
+    reasons = sorted(r["rejected"].values())
+    assert len(reasons) == 2, r["rejected"]
+    assert any("non-finite" in reason for reason in reasons), reasons
+    assert any("shape" in reason for reason in reasons), reasons
+    state = load_state(d.out / "checkpoint.npz")
+    assert state.round == 1 and all(np.isfinite(w).all() for w in state.weights)
+    del nan_client, shape_client
+
+
+def test_client_killed_mid_round_round_completes_and_dropout_is_recorded(deployment, partitions, tmp_path: Path) -> None:
+    parts, _ = partitions
+    d = deployment(rounds=1, min_clients=2, wait_for_clients=3, round_timeout_s=8)
+    d.start_server()
+    d.add_client(parts[0])
+    d.add_client(parts[1])
+    marker = tmp_path / "victim-training"
+    victim = d.add_client(parts[2], fault="slow", fault_delay=60, fault_marker=marker)
+    _wait(marker.exists, 90, "the victim to start training")
+    victim.kill()  # SIGKILL its whole process group mid-round: SuperNode and ClientApp
+    result = d.server.wait(90)
+    r = result["rounds"][-1]
+    assert r["round"] == 1 and len(r["accepted"]) == 2
+    assert len(r["nodes"]) == 3 and len(r["dropouts"]) == 1
+    assert r["dropouts"][0] not in r["accepted"]
+
+
+def test_server_killed_between_rounds_resumes_without_losing_a_round(deployment, partitions) -> None:
+    from cloud.fl_launch import read_rounds
+
+    parts, _ = partitions
+    d = deployment(rounds=3, min_clients=2, round_timeout_s=15, clients_wait_s=60)
+    d.start_server()
+    for part in parts[:2]:
+        d.add_client(part)
+    _wait(lambda: read_rounds(d.out)["completed"] >= 1, 90, "round 1")
+    d.server.kill()  # SIGKILL: SuperLink, its ServerApp and flwr run, no clean shutdown
+    before = read_rounds(d.out)
+    done = before["completed"]
+    assert 1 <= done < 3
+    first = {r["round"]: r for r in before["rounds"]}
+    d.restart_server()
+    result = d.server.wait(120)
+    assert result["completed"] == 3
+    rounds = [r for r in result["rounds"] if "refused" not in r]
+    assert [r["round"] for r in rounds] == list(range(1, 4))  # each completed round exactly once
+    for r in rounds[:done]:
+        assert r == first[r["round"]]  # completed rounds kept as they were
+
+
+def test_fl_client_refuses_a_non_trainable_bundle(tmp_path: Path) -> None:
+    x = np.zeros((4, 28, 28), np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(4, np.int64))
+    out = subprocess.run([sys.executable, "-m", "edgeloop", "device", "fl-client", "--server", "127.0.0.1:9",
+                          "--bundle", str(SHIPPED / "mnist-cnn-int8"), "--data", str(tmp_path / "d.npz")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1
+    assert "not trainable" in out.stderr and "export RUN --trainable" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_device_fl_modules_import_no_tensorflow() -> None:
+    code = ("import sys, json, device.fl_client, device.fl_clientapp, device.trainer, device.reweight\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "flwr" in loaded and not loaded & {"tensorflow", "keras", "cloud"}
