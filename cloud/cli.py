@@ -121,6 +121,8 @@ def _core_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round waits for replies")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="Flower SecAgg+: the server sees only the mean of the updates (aggregator mean, no DP)")
 
 
 def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
@@ -133,7 +135,8 @@ def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
     min_clients = args.min_clients or getattr(args, "clients", None) or 1
     return FLServerConfig(out=out, bundle=bundle, rounds=args.rounds, min_clients=min_clients,
                           local_epochs=args.local_epochs, round_timeout_s=args.round_timeout,
-                          eval_data=getattr(args, "eval_data", None), seed=args.seed, core=core)
+                          eval_data=getattr(args, "eval_data", None), seed=args.seed, core=core,
+                          secure_aggregation=args.secure_aggregation)
 
 
 def cmd_fl_server(args: argparse.Namespace) -> int:

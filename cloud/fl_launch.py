@@ -186,7 +186,7 @@ publisher = "edgeloop"
 
 [tool.flwr.app.components]
 serverapp = "cloud.fl_server:app"
-clientapp = "device.fl_client:app"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
 edgeloop-config = {config}
@@ -196,8 +196,13 @@ edgeloop-config = {config}
 class FlowerServer:
     """A SuperLink on 127.0.0.1:``port`` and the edgeloop ServerApp run submitted to it."""
 
-    def __init__(self, config: FLServerConfig, port: int | None = None, tls: TLS | None = None) -> None:
+    def __init__(self, config: FLServerConfig, port: int | None = None, tls: TLS | None = None,
+                 clientapp: str = "device.fl_client:app", app_files: Sequence[Path] = ()) -> None:
+        """``clientapp``/``app_files``: another ClientApp shipped in the Flower App (the benchmark's baseline)."""
         self.config, self.port, self.tls = config, port or free_port(), tls
+        if config.secure_aggregation and clientapp == "device.fl_client:app":
+            clientapp = "device.fl_client_secure:app"
+        self.clientapp, self.app_files = clientapp, tuple(app_files)
         self.out = Path(config.out).resolve()
         self.home = self.out / "flwr-home"
         self.superlink: Proc | None = None
@@ -212,7 +217,10 @@ class FlowerServer:
         app.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         self.config.save(self.out / CONFIG_NAME)
-        (app / "pyproject.toml").write_text(APP_PYPROJECT.format(config=json.dumps(str(self.out / CONFIG_NAME))))
+        (app / "pyproject.toml").write_text(APP_PYPROJECT.format(config=json.dumps(str(self.out / CONFIG_NAME)),
+                                                                 clientapp=self.clientapp))
+        for file in self.app_files:
+            (app / file.name).write_bytes(file.read_bytes())
         security = f'root-certificates = "{self.tls.ca_certfile}"' if self.tls else "insecure = true"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n')
@@ -276,12 +284,14 @@ def read_rounds(out: Path | str) -> dict[str, Any]:
 
 def start_client(server: str, bundle: Path, data: Path, log: Path, flwr_home: Path, *, seed: int = 0,
                  fault: str | None = None, fault_delay: float | None = None, fault_marker: Path | None = None,
-                 python: str | None = None, root_certificates: Path | None = None) -> Proc:
+                 python: str | None = None, root_certificates: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> Proc:
     """One device process: ``edgeloop device fl-client`` (a SuperNode; each round a ClientApp)."""
     argv = [python or sys.executable, "-m", "edgeloop", "device", "fl-client", "--server", server,
             "--bundle", str(bundle), "--data", str(data), "--seed", str(seed)]
     if root_certificates:
         argv += ["--root-certificates", str(root_certificates)]
+    argv += list(extra_args)
     if fault:
         argv += ["--fault", fault]
         if fault_delay is not None:
@@ -310,6 +320,8 @@ class DeployConfig:
     partition: str = "iid"
     seed: int = 0
     timeout_s: float = 600.0
+    tls: bool = False  # a throwaway CA and a SuperLink certificate for 127.0.0.1 (cloud.fl_tls)
+    client_python: str | None = None  # the devices' interpreter, e.g. a venv with only the device-fl extra
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.rounds < 1:
@@ -370,20 +382,26 @@ def deploy_local(config: DeployConfig, server: FLServerConfig | None = None, on_
     base = server or FLServerConfig(out=str(out), bundle="", seed=config.seed)
     fl_config = replace(base, out=str(out), bundle=str(bundle.resolve()), rounds=config.rounds,
                         min_clients=config.min_clients or config.clients, eval_data=str(test))
-    flower = FlowerServer(fl_config)
+    tls = None
+    if config.tls:
+        from cloud.fl_tls import generate_local_tls
+
+        tls = generate_local_tls(out / "tls")
+    flower = FlowerServer(fl_config, tls=tls)
     clients: list[Proc] = []
     with terminate_as_interrupt():
-        return _run_deployment(flower, clients, bundle, parts, out, config.timeout_s, say)
+        return _run_deployment(flower, clients, bundle, parts, out, config.timeout_s, say, config.client_python)
 
 
 def _run_deployment(flower: FlowerServer, clients: list[Proc], bundle: Path, parts: list[Path], out: Path,
-                    timeout: float, say: Any) -> dict[str, Any]:
+                    timeout: float, say: Any, python: str | None) -> dict[str, Any]:
+    ca = flower.tls.ca_certfile if flower.tls else None
     try:
-        say(f"starting the SuperLink on {flower.address}")
+        say(f"starting the SuperLink on {flower.address}" + (" with TLS" if flower.tls else ""))
         flower.start()
         for i, part in enumerate(parts):
             clients.append(start_client(flower.address, bundle, part, out / "logs" / f"client-{i}.log",
-                                        out / "flwr-home" / f"client-{i}", seed=i))
+                                        out / "flwr-home" / f"client-{i}", seed=i, root_certificates=ca, python=python))
         say(f"{len(clients)} device processes started (PIDs {', '.join(str(c.pid) for c in clients)}); training")
         return flower.wait(timeout, clients)
     finally:

@@ -46,7 +46,7 @@ class FLServerConfig:
     round_attempts: int = 3  # a refused round is retried this many times before the run fails
     eval_data: str | None = None  # .npz the server evaluates each global model on (LiteRT)
     seed: int = 0
-    secure_aggregation: bool = False
+    secure_aggregation: bool = False  # Flower SecAgg+: the server only ever sees the mean (cloud.fl_secagg)
     core: Mapping[str, Any] = field(default_factory=dict)  # ServerConfig keyword arguments; "dp" as a dict
 
     def __post_init__(self) -> None:
@@ -54,8 +54,12 @@ class FLServerConfig:
             raise ValueError("rounds, min_clients, local_epochs and round_attempts must be >= 1")
         if not (self.round_timeout_s > 0 and self.clients_wait_s > 0):
             raise ValueError("round_timeout_s and clients_wait_s must be > 0")
-        if self.secure_aggregation and self.core.get("aggregator", "mean") != "mean":
-            raise ValueError("--secure-aggregation only reveals the sum of updates: use the 'mean' aggregator")
+        if self.secure_aggregation:
+            if self.core.get("aggregator", "mean") != "mean" or self.core.get("dp") is not None:
+                raise ValueError("with --secure-aggregation the server sees only the mean of the updates: "
+                                 "robust aggregators and DP-FedAvg's per-client clipping cannot run; use --aggregator mean")
+            if self.min_clients < 2:
+                raise ValueError("secure aggregation needs at least 2 clients (--min-clients 2)")
         self.server_config()  # validate the core's fields now, not in the ServerApp process
 
     def server_config(self) -> Any:
@@ -64,7 +68,8 @@ class FLServerConfig:
         core = dict(self.core)
         if core.get("dp") is not None:
             core["dp"] = DPConfig(**core["dp"])
-        return ServerConfig(min_clients=self.min_clients, **core)
+        # under SecAgg+ the core receives one update (the mean); min_clients is checked on the devices in it
+        return ServerConfig(min_clients=1 if self.secure_aggregation else self.min_clients, **core)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -81,12 +86,12 @@ def _bytes(arrays: list[np.ndarray]) -> int:
 class RoundRunner:
     """Drives rounds over a Flower ``Grid``: send the global weights, gather replies, let the core decide."""
 
-    def __init__(self, config: FLServerConfig, grid: Any) -> None:
+    def __init__(self, config: FLServerConfig, grid: Any, context: Any = None) -> None:
         from device.bundle import read_manifest, read_model_bytes
         from device.reweight import read_weights, trainable_spec
         from federated import Server, load_state
 
-        self.config, self.grid = config, grid
+        self.config, self.grid, self.context = config, grid, context
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         manifest = read_manifest(config.bundle)
@@ -190,6 +195,32 @@ class RoundRunner:
         self.commit(record, started)
         return record
 
+    def run_secure_round(self) -> dict[str, Any]:
+        """One round under SecAgg+: only the sample-weighted mean of the devices' weights is revealed."""
+        from cloud.fl_secagg import secure_round
+        from federated import ClientUpdate, RoundRefused
+
+        r = self.server.round + 1
+        started = time.monotonic()
+        nodes = self.wait_for_nodes()
+        weights = self.server.weights
+        mean, total, count, failures = secure_round(
+            self.grid, self.context, weights, nodes, r,
+            {"round": r, "epochs": self.config.local_epochs, "seed": self.config.seed}, self.config.round_timeout_s)
+        if mean is None or count < self.config.min_clients:
+            raise RoundRefused(f"round {r}: {count} device(s) completed secure aggregation, "
+                               f"at least {self.config.min_clients} needed" + (f" ({'; '.join(failures)})" if failures else ""))
+        outcome = self.server.aggregate([ClientUpdate(f"secagg+[{count} devices]", mean, total)])
+        record: dict[str, Any] = {
+            "round": r, "secure_aggregation": True, "nodes": [str(n) for n in nodes],
+            "accepted": list(outcome.accepted), "rejected": dict(outcome.rejected),
+            "devices_in_sum": count, "failures": failures, "num_samples": total,
+            "bytes_down": _bytes(weights) * len(nodes), "clients": {},
+            **{k: float(v) for k, v in outcome.metrics.items()},
+        }
+        self.commit(record, started)
+        return record
+
     def commit(self, record: dict[str, Any], started: float) -> None:
         from device.reweight import rebundle
         from federated import save_state
@@ -223,7 +254,7 @@ class RoundRunner:
         attempts = 0
         while self.server.round < self.config.rounds:
             try:
-                self.run_round()
+                self.run_secure_round() if self.config.secure_aggregation else self.run_round()
                 attempts = 0
             except RoundRefused as exc:
                 attempts += 1
@@ -237,7 +268,7 @@ class RoundRunner:
 
 def _main(grid: Any, context: Any) -> None:
     config = FLServerConfig.load(context.run_config["edgeloop-config"])
-    RoundRunner(config, grid).run()
+    RoundRunner(config, grid, context).run()
 
 
 def _make_app() -> Any:

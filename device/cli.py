@@ -105,6 +105,7 @@ def cmd_bundles(args: argparse.Namespace) -> int:
 
 
 def cmd_fl_client(args: argparse.Namespace) -> int:
+    import os
     import socket
 
     from device.fl_client import supernode_argv, supervise
@@ -125,7 +126,9 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
                           seed=args.seed, fault=args.fault, fault_options=fault_options)
     print(f"joining {args.server} with {trainer.manifest.name} ({len(data)} local samples, train batch "
           f"{trainer.batch}); ClientAppIo on 127.0.0.1:{port}", flush=True)
-    return supervise(argv, args.poll_interval, args.max_backoff, log=lambda m: print(m, flush=True))
+    os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.task_poll_interval)
+    return supervise(argv, args.poll_interval, args.max_backoff, lean_launcher=not args.stock_clientapp,
+                     log=lambda m: print(m, flush=True))
 
 
 def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
@@ -165,6 +168,9 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="local shuffling seed")
     p.add_argument("--poll-interval", type=float, default=0.05, help="SuperNode idle poll, seconds")
     p.add_argument("--max-backoff", type=float, default=2.0, help="longest wait between reconnection attempts, seconds")
+    p.add_argument("--task-poll-interval", type=float, default=0.05, help="SuperExec poll for new ClientApp tasks, seconds")
+    p.add_argument("--stock-clientapp", action="store_true",
+                   help="start each round's ClientApp with Flower's own flwr-clientapp (slower, more memory)")
     p.add_argument("--fault", choices=("nan", "wrong-shape", "slow"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-delay", default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-marker", default=None, help=argparse.SUPPRESS)

@@ -30,14 +30,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train_reply(content: Any, node_config: dict[str, Any]) -> tuple[list[Any], dict[str, float]]:
+def train_reply(global_weights: list[Any], config: Any, node_config: dict[str, Any]) -> tuple[list[Any], dict[str, float]]:
     """Set the global weights, fit on the node's data, return ``(weights, metrics)``."""
     import numpy as np
 
     from device.trainer import DeviceTrainer, FitConfig, load_local_data
 
     started = time.perf_counter()
-    config = content["config"]
     trainer = DeviceTrainer(node_config["bundle"])
     data = load_local_data(node_config["data"], trainer.manifest)
     fault = str(node_config.get("fault", ""))
@@ -46,7 +45,7 @@ def train_reply(content: Any, node_config: dict[str, Any]) -> tuple[list[Any], d
         if marker:
             Path(str(marker)).write_text(str(os.getpid()))
         time.sleep(float(node_config.get("delay", 5.0)))
-    trainer.set_weights(content["arrays"].to_numpy_ndarrays())
+    trainer.set_weights(global_weights)
     seed = int(node_config.get("seed", 0)) * 100_003 + int(config.get("seed", 0)) * 1_009 + int(config["round"])
     result = trainer.fit(data, FitConfig(epochs=int(config.get("epochs", 1)), seed=seed))
     weights = result.weights
@@ -74,7 +73,8 @@ def _make_app() -> Any:
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        weights, metrics = train_reply(msg.content, dict(context.node_config))
+        weights, metrics = train_reply(msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"],
+                                       dict(context.node_config))
         return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return client_app
@@ -119,7 +119,7 @@ def supernode_argv(server: str, bundle: Path, data: str, clientappio_port: int, 
 def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: float = 2.0, lean_launcher: bool = True) -> int:
     """Run a Flower SuperNode in this process (so this PID is the device's) until it is stopped."""
     for key, value in FLOWER_ENV.items():
-        os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)  # the caller's FLWR_SUPEREXEC_TASK_POLL_INTERVAL wins
     # SuperExec starts `flwr-clientapp` from PATH: make it this interpreter's
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     if lean_launcher:
@@ -138,15 +138,15 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: flo
     return 0
 
 
-def supervise(argv: list[str], poll_interval: float, max_backoff: float, max_quick_exits: int = 5,
-              log: Any = print) -> int:
+def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_launcher: bool = True,
+              max_quick_exits: int = 5, log: Any = print) -> int:
     """Keep this device in the federation: run the SuperNode in a child process and start a new one
     whenever it ends (Flower 1.42's SuperNode exits when its SuperLink restarts and forgets it).
     The child shares this process group, so stopping this PID's group stops everything."""
     import signal
     import subprocess
 
-    cmd = [sys.executable, "-m", "device.fl_client", str(poll_interval), str(max_backoff), *argv]
+    cmd = [sys.executable, "-m", "device.fl_client", str(poll_interval), str(max_backoff), str(int(lean_launcher)), *argv]
     stopping = False
     child: subprocess.Popen | None = None
 
@@ -187,5 +187,6 @@ def supervise(argv: list[str], poll_interval: float, max_backoff: float, max_qui
     return 0
 
 
-if __name__ == "__main__":  # the supervised SuperNode: python -m device.fl_client POLL BACKOFF flower-supernode ...
-    raise SystemExit(run_supernode(sys.argv[3:], poll_interval=float(sys.argv[1]), max_backoff=float(sys.argv[2])))
+if __name__ == "__main__":  # the supervised SuperNode: python -m device.fl_client POLL BACKOFF LEAN flower-supernode ...
+    raise SystemExit(run_supernode(sys.argv[4:], poll_interval=float(sys.argv[1]), max_backoff=float(sys.argv[2]),
+                                   lean_launcher=sys.argv[3] == "1"))

@@ -17,7 +17,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
     out = str(Path(args.out).resolve())
     config = DeployConfig(out=out, clients=args.clients, rounds=args.rounds, min_clients=args.min_clients,
                           data=args.data, model=args.model, bundle=args.bundle, partition=args.partition,
-                          seed=args.seed, timeout_s=args.timeout)
+                          seed=args.seed, timeout_s=args.timeout, tls=args.tls)
     server = fl_server_config(args, out, "")
     result = deploy_local(config, server, on_event=None if args.json else lambda m: print(m, flush=True))
     _print_rounds(result, args.json, Path(out))
@@ -39,6 +39,7 @@ def build_parser(prog: str = "edgeloop federated") -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="a trainable bundle to start from (default: train --model 1 epoch)")
     p.add_argument("--partition", default="iid", help="iid, dirichlet, shards, quantity")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--tls", action="store_true", help="TLS between devices and server (a throwaway CA for 127.0.0.1)")
     _core_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_deploy_local)

@@ -124,7 +124,11 @@ def test_three_devices_three_rounds_end_to_end(tmp_path: Path, trainable_bundle:
 
     parts, test = partitions
     out = tmp_path / "e2e"
-    result = deploy_local(DeployConfig(out=str(out), clients=3, rounds=3, bundle=str(trainable_bundle)))
+    # the devices run in the device-only venv (no TensorFlow installed at all) when make test built it
+    device_python = ROOT / ".venv-device" / "bin" / "python"
+    python = str(device_python) if device_python.exists() else None
+    result = deploy_local(DeployConfig(out=str(out), clients=3, rounds=3, bundle=str(trainable_bundle),
+                                       client_python=python))
     rounds = result["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3] and result["completed"] == 3
     before, after = rounds[0]["test_accuracy"], rounds[-1]["test_accuracy"]
@@ -226,3 +230,49 @@ def test_device_fl_modules_import_no_tensorflow() -> None:
 
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "flwr" in loaded and not loaded & {"tensorflow", "keras", "cloud"}
+
+
+def test_tls_deployment(tmp_path: Path, trainable_bundle: Path) -> None:
+    """With --tls the SuperLink serves HTTPS only; devices verify it with the CA and train."""
+    import ssl
+    import urllib.request
+
+    from cloud.fl_launch import DeployConfig, deploy_local
+
+    out = tmp_path / "tls"
+    result = deploy_local(DeployConfig(out=str(out), clients=2, rounds=1, bundle=str(trainable_bundle), tls=True))
+    assert result["completed"] == 1 and len(result["rounds"][-1]["accepted"]) == 2
+    assert (out / "tls" / "ca.pem").exists() and "TLS" not in (out / "logs" / "superlink.log").read_text()[:0]
+    # the certificate really is for 127.0.0.1 and chains to the CA the devices were given
+    ctx = ssl.create_default_context(cafile=str(out / "tls" / "ca.pem"))
+    assert ctx.cert_store_stats()["x509_ca"] == 1
+    del urllib
+
+
+def test_secure_aggregation_reveals_only_the_mean(tmp_path: Path, trainable_bundle: Path) -> None:
+    """SecAgg+ rounds: the unmasked sum equals plain FedAvg of the same local training (same seeds)."""
+    from cloud.fl_launch import DeployConfig, deploy_local
+    from cloud.fl_server import FLServerConfig
+    from federated import load_state
+
+    runs = {}
+    for secure in (False, True):
+        out = tmp_path / ("secure" if secure else "plain")
+        server = FLServerConfig(out=str(out), bundle="", secure_aggregation=secure, min_clients=3)
+        runs[secure] = deploy_local(DeployConfig(out=str(out), clients=3, rounds=1, bundle=str(trainable_bundle)),
+                                    server)
+        runs[secure]["weights"] = load_state(out / "checkpoint.npz").weights
+    secure = runs[True]["rounds"][-1]
+    assert secure["secure_aggregation"] and secure["devices_in_sum"] == 3 and secure["clients"] == {}
+    assert secure["num_samples"] == runs[False]["rounds"][-1]["num_samples"]
+    # SecAgg+ quantizes to 2**22 levels over [-8, 8]: the mean agrees to ~1e-5
+    for a, b in zip(runs[True]["weights"], runs[False]["weights"]):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert any(not np.allclose(a, b, atol=0) for a, b in zip(runs[True]["weights"], runs[False]["weights"]))
+
+
+def test_secure_aggregation_refuses_robust_aggregators() -> None:
+    from cloud.fl_server import FLServerConfig
+
+    with pytest.raises(ValueError, match="only the mean"):
+        FLServerConfig(out="x", bundle="y", secure_aggregation=True, core={"aggregator": "median"})
