@@ -171,6 +171,7 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     p.add_argument("--task-poll-interval", type=float, default=0.05, help="SuperExec poll for new ClientApp tasks, seconds")
     p.add_argument("--stock-clientapp", action="store_true",
                    help="start each round's ClientApp with Flower's own flwr-clientapp (slower, more memory)")
+    # fault injection for the fault tests: send NaN or wrong-shape weights, or stall before training
     p.add_argument("--fault", choices=("nan", "wrong-shape", "slow"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-delay", default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-marker", default=None, help=argparse.SUPPRESS)

@@ -23,7 +23,6 @@ FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
 }
-FAULTS = ("nan", "wrong-shape", "slow")
 
 
 def _peak_rss_mb() -> float:

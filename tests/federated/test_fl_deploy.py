@@ -156,8 +156,8 @@ def test_nan_and_wrong_shape_updates_are_rejected_with_a_reason(deployment, part
     d.start_server()
     d.add_client(parts[0])
     d.add_client(parts[1])
-    nan_client = d.add_client(parts[2], fault="nan")
-    shape_client = d.add_client(parts[3], fault="wrong-shape")
+    d.add_client(parts[2], fault="nan")
+    d.add_client(parts[3], fault="wrong-shape")
     result = d.server.wait(120)
     r = result["rounds"][-1]
     assert r["round"] == 1 and len(r["accepted"]) == 2
@@ -167,7 +167,6 @@ def test_nan_and_wrong_shape_updates_are_rejected_with_a_reason(deployment, part
     assert any("shape" in reason for reason in reasons), reasons
     state = load_state(d.out / "checkpoint.npz")
     assert state.round == 1 and all(np.isfinite(w).all() for w in state.weights)
-    del nan_client, shape_client
 
 
 def test_client_killed_mid_round_round_completes_and_dropout_is_recorded(deployment, partitions, tmp_path: Path) -> None:
@@ -234,19 +233,13 @@ def test_device_fl_modules_import_no_tensorflow() -> None:
 
 def test_tls_deployment(tmp_path: Path, trainable_bundle: Path) -> None:
     """With --tls the SuperLink serves HTTPS only; devices verify it with the CA and train."""
-    import ssl
-    import urllib.request
-
     from cloud.fl_launch import DeployConfig, deploy_local
 
     out = tmp_path / "tls"
     result = deploy_local(DeployConfig(out=str(out), clients=2, rounds=1, bundle=str(trainable_bundle), tls=True))
     assert result["completed"] == 1 and len(result["rounds"][-1]["accepted"]) == 2
-    assert (out / "tls" / "ca.pem").exists() and "TLS" not in (out / "logs" / "superlink.log").read_text()[:0]
-    # the certificate really is for 127.0.0.1 and chains to the CA the devices were given
-    ctx = ssl.create_default_context(cafile=str(out / "tls" / "ca.pem"))
-    assert ctx.cert_store_stats()["x509_ca"] == 1
-    del urllib
+    log = (out / "logs" / "superlink.log").read_text()
+    assert "running on https://127.0.0.1" in log and "insecure HTTP server" not in log
 
 
 def test_secure_aggregation_reveals_only_the_mean(tmp_path: Path, trainable_bundle: Path) -> None:
