@@ -63,7 +63,7 @@ class RssSampler:
                 for p in procs:
                     try:
                         rss = p.memory_info().rss / 2**20
-                        name = " ".join(p.cmdline()[1:4])
+                        name = " ".join(p.cmdline())
                     except psutil.Error:
                         continue
                     if rss > self.peak.get(p.pid, ("", 0.0))[1]:
@@ -110,8 +110,8 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
     device_rss = [rss for _, rss in sampler.peak.values()]
     by_kind: dict[str, float] = {}
     for cmd, rss in sampler.peak.values():
-        kind = ("supervisor" if "fl-client" in cmd else "supernode" if "device.fl_client" in cmd
-                else "superexec" if "superexec" in cmd else "clientapp")
+        kind = ("supervisor" if " fl-client " in cmd else "supernode" if "device.fl_client" in cmd
+                else "superexec" if "superexec" in cmd else "clientapp" if "clientapp" in cmd else "other")
         by_kind[kind] = max(by_kind.get(kind, 0.0), rss)
     return {
         "variant": name,
@@ -131,6 +131,27 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
     }
 
 
+IMPORTS = {
+    # what each round's fresh ClientApp process imports before it can train
+    "litert (edgeloop lean launcher)": "from flwr.supernode.runtime.run_clientapp import run_clientapp; import device.fl_client",
+    "litert (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import device.fl_client",
+    "keras (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import tensorflow, keras",
+}
+
+
+def import_seconds(code: str, repeats: int = 3) -> float:
+    """Median wall time of a fresh interpreter running ``code`` (process start included)."""
+    import subprocess
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True,
+                       env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -148,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     from cloud.trainable import TrainableConfig, export_trainable
 
     plan = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
+    starts = {name: import_seconds(code) for name, code in IMPORTS.items()}
+    for name, seconds in starts.items():
+        print(f"ClientApp process start + imports, {name}: {seconds:.2f} s")
     results = []
     with tempfile.TemporaryDirectory(prefix="edgeloop-flbench-") as tmp:
         work = Path(tmp)
@@ -163,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = next((r for r in results if r["variant"] == "keras"), None)
     table = Table(title="Federated rounds over Flower on 127.0.0.1 (mlp-small on digits, 1 local epoch)")
-    for col in ("client", "devices", "s/round (median)", "vs Keras", "ClientApp peak RSS", "SuperNode RSS",
+    for col in ("client", "devices", "s/round (median)", "vs Keras", "ClientApp peak RSS", "SuperNode / supervisor RSS",
                 "bytes/round", "TF in client", "accuracy"):
         table.add_column(col, justify="right")
     for r in results:
@@ -171,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         if baseline and r["clients"] == baseline["clients"]:
             ratio = f"{baseline['s_per_round_median'] / r['s_per_round_median']:.1f}× faster" if r is not baseline else "1.0×"
         table.add_row(r["variant"], str(r["clients"]), f"{r['s_per_round_median']:.2f}", ratio,
-                      f"{r['clientapp_peak_rss_mb']:.0f} MB", f"{r['device_process_peak_rss_mb'].get('supernode', 0):.0f} MB",
+                      f"{r['clientapp_peak_rss_mb']:.0f} MB",
+                      f"{r['device_process_peak_rss_mb'].get('supernode', 0):.0f} / "
+                      f"{r['device_process_peak_rss_mb'].get('supervisor', 0):.0f} MB",
                       f"{r['bytes_per_round'] / 1024:.1f} KiB", "yes" if r["tensorflow_in_clientapp"] else "no",
                       f"{100 * r['accuracy_before']:.1f}% → {100 * r['accuracy_after']:.1f}%")
     Console(width=160).print(table)
@@ -187,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                 "load_avg_at_end": os.getloadavg()},
-                                    "results": results}, indent=2) + "\n")
+                                    "clientapp_start_s": starts, "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 
