@@ -1,10 +1,10 @@
 """The device side of real federated rounds: a Flower ClientApp that trains inside the .tflite.
 
-``edgeloop device fl-client`` runs a Flower SuperNode in this process; for each round the
-SuperNode starts a fresh ClientApp process, which loads :data:`app` from here. That process
-imports numpy, LiteRT and Flower, never TensorFlow (each reply reports whether it did), so it
-starts in well under a second. The node's own settings (bundle, data) travel as Flower
-``node_config``.
+``edgeloop device fl-client`` runs a Flower SuperNode in a child process it supervises
+(:func:`supervise`); for each round the SuperNode starts a fresh ClientApp process, which loads
+:data:`app` from here. That process imports numpy, LiteRT and Flower, never TensorFlow (each reply
+reports whether it did), so it starts in under a second. The node's own settings (bundle, data)
+travel as Flower ``node_config``.
 """
 
 from __future__ import annotations
