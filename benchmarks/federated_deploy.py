@@ -110,7 +110,7 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
     device_rss = [rss for _, rss in sampler.peak.values()]
     by_kind: dict[str, float] = {}
     for cmd, rss in sampler.peak.values():
-        kind = ("supervisor" if " fl-client " in cmd else "supernode" if "device.fl_client" in cmd
+        kind = ("supervisor" if "device.fl_client supervise" in cmd else "supernode" if "device.fl_client supernode" in cmd
                 else "superexec" if "superexec" in cmd else "clientapp" if "clientapp" in cmd else "other")
         by_kind[kind] = max(by_kind.get(kind, 0.0), rss)
     return {

@@ -108,7 +108,7 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
     import os
     import socket
 
-    from device.fl_client import supernode_argv, supervise
+    from device.fl_client import supernode_argv
     from device.native_log import quiet_native_output
     from device.trainer import DeviceTrainer, load_local_data
 
@@ -127,8 +127,12 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
     print(f"joining {args.server} with {trainer.manifest.name} ({len(data)} local samples, train batch "
           f"{trainer.batch}); ClientAppIo on 127.0.0.1:{port}", flush=True)
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.task_poll_interval)
-    return supervise(argv, args.poll_interval, args.max_backoff, lean_launcher=not args.stock_clientapp,
-                     log=lambda m: print(m, flush=True))
+    # the checks above loaded LiteRT; the long-lived supervisor needs none of it: exec a lean one (same PID)
+    settings = {"argv": argv, "poll_interval": args.poll_interval, "max_backoff": args.max_backoff,
+                "lean_launcher": not args.stock_clientapp}
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "device.fl_client", "supervise", json.dumps(settings)])
+    return 0  # not reached
 
 
 def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ travel as Flower ``node_config``.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -145,7 +146,9 @@ def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_la
     import signal
     import subprocess
 
-    cmd = [sys.executable, "-m", "device.fl_client", str(poll_interval), str(max_backoff), str(int(lean_launcher)), *argv]
+    cmd = [sys.executable, "-m", "device.fl_client", "supernode",
+           json.dumps({"argv": argv, "poll_interval": poll_interval, "max_backoff": max_backoff,
+                       "lean_launcher": lean_launcher})]
     stopping = False
     child: subprocess.Popen | None = None
 
@@ -186,6 +189,10 @@ def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_la
     return 0
 
 
-if __name__ == "__main__":  # the supervised SuperNode: python -m device.fl_client POLL BACKOFF LEAN flower-supernode ...
-    raise SystemExit(run_supernode(sys.argv[4:], poll_interval=float(sys.argv[1]), max_backoff=float(sys.argv[2]),
-                                   lean_launcher=sys.argv[3] == "1"))
+if __name__ == "__main__":  # python -m device.fl_client {supervise,supernode} SETTINGS-JSON
+    _settings = json.loads(sys.argv[2])
+    if sys.argv[1] == "supervise":  # exec'd by `edgeloop device fl-client` once its checks passed
+        raise SystemExit(supervise(_settings["argv"], _settings["poll_interval"], _settings["max_backoff"],
+                                   _settings["lean_launcher"], log=lambda m: print(m, flush=True)))
+    raise SystemExit(run_supernode(_settings["argv"], _settings["poll_interval"], _settings["max_backoff"],
+                                   _settings["lean_launcher"]))
