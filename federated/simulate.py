@@ -270,7 +270,7 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
                 if "epsilon" in outcome.metrics:
                     row["epsilon"] = outcome.metrics["epsilon"]
             except RoundRefused as exc:
-                row.update(accepted=0, rejected=exc.rejected, refused=str(exc))
+                row.update(accepted=0, rejected=exc.rejected, refused=str(exc))  # the global model is unchanged
                 if config.server.dp is not None:
                     row["epsilon"] = server.epsilon()
             train_seconds = time.perf_counter() - t0
