@@ -62,13 +62,16 @@ def client_batches(seed: int, round_: int, client: int, num_samples: int, epochs
     """
     size = num_samples if batch is None else batch
     out: list[np.ndarray] = []
-    for epoch in range(epochs):
-        if shuffle:
-            order = np.random.default_rng([seed, _BATCH, round_, client, epoch]).permutation(num_samples)
-        else:
-            order = np.arange(num_samples)
+    for order in epoch_orders(seed, round_, client, num_samples, epochs, shuffle):
         out.extend(order[i : i + size] for i in range(0, num_samples, size))
     return out
+
+
+def epoch_orders(seed: int, round_: int, client: int, num_samples: int, epochs: int, shuffle: bool = True) -> list[np.ndarray]:
+    """The order a client visits its samples in each local epoch (a permutation, or data order)."""
+    if not shuffle:
+        return [np.arange(num_samples) for _ in range(epochs)]
+    return [np.random.default_rng([seed, _BATCH, round_, client, e]).permutation(num_samples) for e in range(epochs)]
 
 
 def padded_plan(batches_per_client: Sequence[Sequence[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -201,9 +201,14 @@ def plan(config: SimulationConfig) -> SimulationPlan:
 
 
 def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bool = False, progress: bool = True,
-             stop_after: int | None = None, on_round: Callable[[dict[str, Any]], None] | None = None) -> SimulationResult:
-    """Run ``config.rounds`` rounds (see the module docstring); ``stop_after`` ends after that many
-    rounds of this call, as a kill would, so the run can be resumed."""
+             stop_after: int | None = None, on_round: Callable[[dict[str, Any]], None] | None = None,
+             stop_when: Callable[[dict[str, Any]], bool] | None = None) -> SimulationResult:
+    """Run ``config.rounds`` rounds (see the module docstring).
+
+    ``on_round`` sees each round's metrics row. ``stop_after`` ends after that many rounds of this
+    call, as a kill would, so the run can be resumed; ``stop_when(row)`` returning True ends the
+    run after that round (e.g. once a target accuracy is reached).
+    """
     from federated.tf_clients import ClientTrainer, build_model
 
     out_dir = Path(out) if out is not None else None
@@ -294,6 +299,8 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
             bar.round_done(row)
             if on_round is not None:
                 on_round(row)
+            if stop_when is not None and stop_when(row):
+                break
     if out_dir is not None and history:
         from federated.plots import plot_runs
 
