@@ -229,7 +229,9 @@ def plot(table: list[dict[str, Any]], target: float, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, partition in zip(axes, ("iid", "shards")):
         for r in (r for r in table if r["partition"] == partition):
-            ax.plot(range(1, len(r["accuracy"]) + 1), r["accuracy"], label=r["config"], linewidth=1.2)
+            fedsgd = r["config"] == "FedSGD"  # drawn wide and dashed: FedAvg E=1 B=50 is the same run here
+            ax.plot(range(1, len(r["accuracy"]) + 1), r["accuracy"], label=r["config"], linewidth=3.0 if fedsgd else 1.2,
+                    linestyle="--" if fedsgd else "-", alpha=0.6 if fedsgd else 1.0)
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_title(f"MNIST-5k CNN, {'IID' if partition == 'iid' else 'non-IID (2 shards/client)'}")
