@@ -44,6 +44,8 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--batch", type=_batch, default=10, help="local batch size, or 'full'")
     g.add_argument("--lr", type=float, default=0.1, help="client SGD learning rate")
     g.add_argument("--no-client-shuffle", action="store_true", help="local batches in data order")
+    g.add_argument("--engine", choices=("auto", "vmap", "loop"), default="auto",
+                   help="client training: all clients' steps at once (vmap, dense models) or a graph loop over clients")
     g.add_argument("--dropout", type=float, default=0.0, help="probability a sampled client drops out")
     g.add_argument("--straggler-prob", type=float, default=0.0)
     g.add_argument("--straggler-slowdown", type=float, default=4.0)
@@ -118,7 +120,7 @@ def config_from_args(args: argparse.Namespace):
         test_fraction=args.test_fraction, dropout=args.dropout, straggler_prob=args.straggler_prob,
         straggler_slowdown=args.straggler_slowdown, deadline=args.deadline, compression=args.compression,
         topk_fraction=args.topk_fraction, byzantine=args.byzantine, byzantine_scale=args.byzantine_scale,
-        eval_every=args.eval_every, server=server,
+        eval_every=args.eval_every, engine=args.engine, server=server,
     )
 
 
