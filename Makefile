@@ -68,6 +68,7 @@ test: install legacy device-env lint
 
 bench: install legacy device-env
 	$(BIN)/python benchmarks/device_runtime.py
+	nice -n 10 $(BIN)/python benchmarks/federated_sim.py
 
 bundles: install
 	$(BIN)/edgeloop cloud ship-bundles

@@ -1,4 +1,31 @@
 """Federated learning: the FedAvg family on plain numpy arrays.
 
-The aggregation core imports numpy only; TensorFlow lives where client training happens.
+The aggregation core (this package's top level) imports numpy only; ``dp-accounting`` is
+loaded when DP is on, and TensorFlow only by the simulator's client trainer.
 """
+
+from federated.dp import DPConfig
+from federated.errors import ConfigError, FederatedError, RoundRefused, StateError, UpdateRejected
+from federated.server import AGGREGATORS, ClientUpdate, RoundOutcome, Server, ServerConfig
+from federated.server_opt import STRATEGIES
+from federated.state import ServerState, load_state, save_state
+from federated.weights import Weights
+
+__all__ = [
+    "AGGREGATORS",
+    "STRATEGIES",
+    "ClientUpdate",
+    "ConfigError",
+    "DPConfig",
+    "FederatedError",
+    "RoundOutcome",
+    "RoundRefused",
+    "Server",
+    "ServerConfig",
+    "ServerState",
+    "StateError",
+    "UpdateRejected",
+    "Weights",
+    "load_state",
+    "save_state",
+]
