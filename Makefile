@@ -93,4 +93,5 @@ $(TFF_STAMP): $(TFF_LOCK)
 tff-env: $(TFF_STAMP)
 
 tff-parity: install tff-env
-	$(BIN)/python benchmarks/tff_parity.py --tff-venv $(TFF_ENV)
+	EDGELOOP_TFF=1 EDGELOOP_TFF_VENV=$(TFF_ENV) $(BIN)/python -m pytest -q -m tff tests/federated/test_parity.py
+	nice -n 10 $(BIN)/python benchmarks/tff_parity.py --tff-venv $(TFF_ENV)
