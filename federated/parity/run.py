@@ -70,10 +70,10 @@ def end_group(pgid: int, grace: float = 5.0) -> tuple[int, ...]:
 
 def run_tff(exchange: str | Path, result: str | Path, *, venv: str | Path = TFF_VENV, timeout: float = 600.0) -> TFFRun:
     """Run ``tff_fedavg.py exchange result`` with ``venv``'s Python; raises TFFRunError on failure."""
-    python = Path(venv) / "bin" / "python"
+    python = Path(venv).absolute() / "bin" / "python"  # absolute: the child runs in result's folder
     if not python.is_file():
         raise TFFRunError(f"{python} not found: build the TFF environment with `make tff-env`")
-    result = Path(result)
+    exchange, result = Path(exchange).absolute(), Path(result).absolute()
     log_path = result.with_suffix(".log")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PYTHONPATH", None)
