@@ -7,7 +7,7 @@ since TFF leaves ``worker_binary`` servers listening), edgeloop's ``simulate``, 
 FedAvg as an independent oracle. Asserts max |Δw| between TFF and edgeloop <= 1e-5 (exit 1 if
 not) and reports seconds per round: round 1 (tracing included) and the median of later rounds.
 
-Default workload: sklearn digits, mlp-small (64-32-10), 10 IID clients, 5 per round, 10 rounds,
+Default workload: sklearn digits, mlp-small (64-32-10), 10 IID clients, 5 per round, 20 rounds,
 E = 1, B = 20, client SGD lr 0.1, server lr 1.0.
 
 Run: ``make tff-parity`` (builds ``.venv-tff`` from ``federated/parity/requirements-tff.lock``),
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--fraction", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{run.test_accuracy:.4f}", "—" if key == "tff" else f"{vs_tff[key]:.2e}")
     console.print(table)
     speedup = report.tff.steady_round_seconds / report.edgeloop.steady_round_seconds
-    console.print(f"TFF: {report.tff_versions}; process wall {report.tff_wall_seconds:.1f} s; "
+    console.print(f"TFF: {report.tff_versions}; process wall {report.tff_wall_seconds:.1f} s "
+                  f"(build_weighted_fed_avg {report.tff_build_seconds:.1f} s); "
                   f"{len(report.tff_leftover_pids)} process(es) left in its group after it exited, ended "
                   f"(pids {', '.join(map(str, report.tff_leftover_pids)) or '-'})")
     console.print(f"edgeloop vs numpy oracle: max |Δw| {report.diffs['edgeloop-numpy']:.2e}; training moved the weights by "
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "edgeloop_speedup_vs_tff_later_rounds": speedup,
         "tff_versions": report.tff_versions,
         "tff_process_wall_seconds": report.tff_wall_seconds,
+        "tff_build_seconds": report.tff_build_seconds,
         "tff_leftover_processes_ended": len(report.tff_leftover_pids),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,8 @@ class ParityReport:
     diffs: dict[str, float]  # "tff-edgeloop", "tff-numpy", "edgeloop-numpy", "initial-final" (how far training moved)
     tff_versions: str
     tff_leftover_pids: tuple[int, ...]
-    tff_wall_seconds: float
+    tff_wall_seconds: float  # the whole TFF process: imports, building the computations, rounds
+    tff_build_seconds: float  # build_weighted_fed_avg alone
 
     @property
     def passed(self) -> bool:
@@ -145,4 +146,4 @@ def run_parity(config: Any, workdir: str | Path, *, tff_venv: str | Path = TFF_V
         "initial-final": max_abs_diff(pplan.initial_weights, runs["edgeloop"].weights),
     }
     return ParityReport(runs["tff"], runs["edgeloop"], runs["numpy"], diffs, str(tff_rest["versions"]),
-                        tff_run.leftover_pids, tff_run.wall_seconds)
+                        tff_run.leftover_pids, tff_run.wall_seconds, float(tff_rest["build_seconds"]))
