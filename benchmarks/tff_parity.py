@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"TFF: {report.tff_versions}; process wall {report.tff_wall_seconds:.1f} s "
                   f"(build_weighted_fed_avg {report.tff_build_seconds:.1f} s); "
                   f"{len(report.tff_leftover_pids)} process(es) left in its group after it exited, ended "
-                  f"(pids {', '.join(map(str, report.tff_leftover_pids)) or '-'})")
+                  f"(pids {', '.join(map(str, report.tff_leftover_pids)) or '-'}); "
+                  + ("it ran in a loopback-only network namespace" if report.tff_network_isolated
+                     else "[yellow]no network namespace here: worker_binary listened on all interfaces while it ran"))
     console.print(f"edgeloop vs numpy oracle: max |Δw| {report.diffs['edgeloop-numpy']:.2e}; training moved the weights by "
                   f"up to {report.diffs['initial-final']:.3f}; edgeloop is {speedup:.1f}x TFF's speed per later round")
     verdict = "PASS" if report.passed else "FAIL"
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "tff_versions": report.tff_versions,
         "tff_process_wall_seconds": report.tff_wall_seconds,
         "tff_build_seconds": report.tff_build_seconds,
+        "tff_network_isolated": report.tff_network_isolated,
         "tff_leftover_processes_ended": len(report.tff_leftover_pids),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

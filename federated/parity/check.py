@@ -105,6 +105,7 @@ class ParityReport:
     tff_leftover_pids: tuple[int, ...]
     tff_wall_seconds: float  # the whole TFF process: imports, building the computations, rounds
     tff_build_seconds: float  # build_weighted_fed_avg alone
+    tff_network_isolated: bool  # worker_binary listened in a private, loopback-only network namespace
 
     @property
     def passed(self) -> bool:
@@ -146,4 +147,4 @@ def run_parity(config: Any, workdir: str | Path, *, tff_venv: str | Path = TFF_V
         "initial-final": max_abs_diff(pplan.initial_weights, runs["edgeloop"].weights),
     }
     return ParityReport(runs["tff"], runs["edgeloop"], runs["numpy"], diffs, str(tff_rest["versions"]),
-                        tff_run.leftover_pids, tff_run.wall_seconds, float(tff_rest["build_seconds"]))
+                        tff_run.leftover_pids, tff_run.wall_seconds, float(tff_rest["build_seconds"]), tff_run.network_isolated)

@@ -2,12 +2,16 @@
 
 TFF 0.87 starts ``worker_binary`` servers that keep listening after the Python that started them
 exits (and keep any inherited pipe open), so the script's output goes to a file, never a pipe, and
-the whole group is terminated when the script is done, whatever happened.
+the whole group is terminated when the script is done, whatever happened. ``worker_binary`` takes
+only a port and listens on every interface; where ``unshare`` and ``ip`` allow it, the script runs
+in a network namespace of its own with only loopback up, so nothing outside the machine can reach it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -28,6 +32,24 @@ class TFFRun:
     log: str
     wall_seconds: float
     leftover_pids: tuple[int, ...]
+    network_isolated: bool  # ran in a private network namespace (loopback only)
+
+
+@functools.cache
+def loopback_only_prefix() -> tuple[str, ...]:
+    """A command prefix running its command in a new network namespace with only ``lo`` up; () if not permitted.
+
+    ``unshare`` and ``sh`` exec in place, so the command keeps the pid (and process group) it starts with.
+    """
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if not (unshare and ip):
+        return ()
+    prefix = (unshare, "--net", "--map-root-user", "--", "/bin/sh", "-c", f'{ip} link set lo up && exec "$0" "$@"')
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return prefix if ok else ()
 
 
 def group_members(pgid: int) -> list[int]:
@@ -68,7 +90,8 @@ def end_group(pgid: int, grace: float = 5.0) -> tuple[int, ...]:
     return members
 
 
-def run_tff(exchange: str | Path, result: str | Path, *, venv: str | Path = TFF_VENV, timeout: float = 600.0) -> TFFRun:
+def run_tff(exchange: str | Path, result: str | Path, *, venv: str | Path = TFF_VENV, timeout: float = 600.0,
+            isolate_network: bool = True) -> TFFRun:
     """Run ``tff_fedavg.py exchange result`` with ``venv``'s Python; raises TFFRunError on failure."""
     python = Path(venv).absolute() / "bin" / "python"  # absolute: the child runs in result's folder
     if not python.is_file():
@@ -77,10 +100,11 @@ def run_tff(exchange: str | Path, result: str | Path, *, venv: str | Path = TFF_
     log_path = result.with_suffix(".log")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PYTHONPATH", None)
+    prefix = loopback_only_prefix() if isolate_network else ()
     t0 = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [str(python), str(SCRIPT), str(exchange), str(result)],
+            [*prefix, str(python), str(SCRIPT), str(exchange), str(result)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=result.parent,
             start_new_session=True,
         )
@@ -97,4 +121,4 @@ def run_tff(exchange: str | Path, result: str | Path, *, venv: str | Path = TFF_
     if proc.returncode != 0 or not result.is_file():
         tail = "\n".join(text.splitlines()[-15:])
         raise TFFRunError(f"the TFF script exited with {proc.returncode}; log {log_path}:\n{tail}")
-    return TFFRun(text, wall, leftovers)
+    return TFFRun(text, wall, leftovers, bool(prefix))

@@ -155,6 +155,16 @@ def test_runner_ends_the_servers_left_behind(tmp_path: Path) -> None:
     assert "done" in run.log
 
 
+def test_runner_keeps_tff_off_the_network_where_it_can(tmp_path: Path) -> None:
+    venv = _fake_venv(tmp_path, 'readlink /proc/self/ns/net > "$3.ns"\ntouch "$3"\n')
+    result = tmp_path / "result.npz"
+    isolated = run_tff(tmp_path / "ex.npz", result, venv=venv, timeout=30)
+    assert (Path(f"{result}.ns").read_text().strip() != os.readlink("/proc/self/ns/net")) == isolated.network_isolated
+    plain = run_tff(tmp_path / "ex.npz", result, venv=venv, timeout=30, isolate_network=False)
+    assert Path(f"{result}.ns").read_text().strip() == os.readlink("/proc/self/ns/net")
+    assert not plain.network_isolated
+
+
 def test_runner_times_out_and_ends_the_group(tmp_path: Path) -> None:
     venv = _fake_venv(tmp_path, 'sleep 300 &\necho $! > "$3.server"\nexec sleep 300\n')
     t0 = time.monotonic()
