@@ -276,20 +276,30 @@ def main() -> int:
         console.print(f"FedAvg table: rounds to {args.target:.0%} (cap {cap}) …")
         table = bench_table(args.target, cap, args.quick)
     comp = bench_compression(args.quick) if args.part in ("all", "compression") else []
-    md = markdown(speed, table, args.target, cap, comp)
-    console.print(md)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
+    path = RESULTS / f"federated_sim{suffix}.json"
     report = {
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "speed_target": SPEED_TARGET, "accuracy_target": args.target, "round_cap": cap,
-        "speed": speed, "fedavg_table": table, "compression": comp, "total_seconds": time.perf_counter() - t0,
+        "speed": speed, "fedavg_table": table, "compression": comp, "seconds": {args.part: time.perf_counter() - t0},
     }
-    (RESULTS / f"federated_sim{suffix}.json").write_text(json.dumps(report, indent=1))
+    if args.part != "all" and path.is_file():  # one part re-run: keep the others from the last full run
+        old = json.loads(path.read_text())
+        for key in ("speed", "fedavg_table", "compression"):
+            if not report[key]:
+                report[key] = old.get(key, [])
+        if not table:
+            report["accuracy_target"], report["round_cap"] = old["accuracy_target"], old["round_cap"]
+        report["seconds"] = {**old.get("seconds", {}), **report["seconds"]}
+    md = markdown(report["speed"], report["fedavg_table"], report["accuracy_target"], report["round_cap"],
+                  report["compression"])
+    console.print(md)
+    path.write_text(json.dumps(report, indent=1))
     (RESULTS / f"federated_sim{suffix}.md").write_text(md)
-    if table:
-        plot(table, args.target, RESULTS / f"federated_sim_rounds{suffix}.png")
+    if report["fedavg_table"]:
+        plot(report["fedavg_table"], report["accuracy_target"], RESULTS / f"federated_sim_rounds{suffix}.png")
     console.print(f"total {time.perf_counter() - t0:.0f} s; results in {RESULTS}")
     return 0
 

@@ -13,6 +13,9 @@ ordered client ids that train in each round. Client training is plain SGD with `
 the mean sparse categorical cross-entropy from logits over each batch (plus FedProx's
 ``mu/2 ||w - w_global||²``); with ``client_shuffle=False`` batches follow data order and the last
 partial batch is a smaller batch, as TFF's ``dataset.batch(B)`` gives.
+
+With DP on, each round is accounted as Poisson sampling with ``q = m / K`` (``m`` clients sampled
+of ``K``), the usual approximation for sampling a fixed number without replacement.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class SimulationConfig:
     "fedsgd"``) always takes one full-batch step per client, whatever ``local_epochs``/``batch``.
     ``deadline`` is in local steps of a normal-speed client; stragglers take
     ``straggler_slowdown`` times longer. The first ``byzantine`` clients send random weights.
+    ``engine`` picks how clients train (:mod:`federated.tf_clients`): ``vmap`` (all clients' steps
+    at once; dense models), ``loop`` (a graph loop over clients; any model) or ``auto``.
     """
 
     model: str = "cnn"
@@ -73,6 +78,7 @@ class SimulationConfig:
     byzantine: int = 0
     byzantine_scale: float = 10.0
     eval_every: int = 1
+    engine: str = "auto"
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:
@@ -93,6 +99,7 @@ class SimulationConfig:
             (0 < self.topk_fraction <= 1, f"topk_fraction must be in (0, 1], got {self.topk_fraction}"),
             (0 <= self.byzantine <= self.clients, f"byzantine must be in [0, clients], got {self.byzantine}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.engine in ("auto", "vmap", "loop"), f"engine must be auto, vmap or loop, got {self.engine!r}"),
             (isinstance(self.server, ServerConfig), "server must be a ServerConfig"),
         ]
         for ok, message in checks:
@@ -236,7 +243,7 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_jsonl(out_dir / METRICS, history)
 
-    trainer = ClientTrainer(model, s.x_train, s.y_train, config.lr, config.server.proximal_mu)
+    trainer = ClientTrainer(model, s.x_train, s.y_train, config.lr, config.server.proximal_mu, config.engine)
     model_bytes = num_bytes(server.weights)
     sampling_rate = max(int(round(config.fraction * config.clients)), 1) / config.clients
     done_here = 0

@@ -1,12 +1,20 @@
 """Client training in TensorFlow: a whole round of local SGD in one compiled graph call.
 
 The only module of the package that imports TensorFlow. :class:`ClientTrainer` traces one
-``tf.function`` per model (fixed input signature, so it never retraces): it loops over the
-round's clients and each client's local steps inside the graph, starting every client from
-the global weights and running the model functionally (``model.stateless_call``), so there is
-no per-client Python, ``fit`` or variable assignment. A round's batches arrive as a padded
-index plan ``idx[K, S, B]`` into the training set with a 0/1 ``mask`` for the padding, so
-clients with different sizes, epochs and a last partial batch share one graph.
+``tf.function`` per model (fixed input signature, so it never retraces) and runs the model
+functionally (``model.stateless_call``), so there is no per-client Python, ``fit`` or variable
+assignment. Two engines compute the same thing:
+
+- ``vmap`` (dense models): the K clients' weights are stacked along a new leading axis and all
+  clients take their s-th step at once: ``tf.vectorized_map`` turns the forward pass into
+  batched matmuls, and the gradient of the sum of the clients' losses with respect to the
+  stacked weights is every client's own gradient. One step costs about what one client's does.
+- ``loop`` (any model, e.g. convolutions, which ``vectorized_map`` cannot batch over filters):
+  a graph ``while`` loop over clients, and inside it over that client's steps.
+
+A round's batches arrive as a padded index plan ``idx[K, S, B]`` into the training set with a
+0/1 ``mask`` for the padding, so clients with different sizes, epochs and a last partial batch
+share one graph; a client with fewer steps than ``S`` stops moving after its last one.
 
 Client objective per batch: the mean sparse categorical cross-entropy from logits over the
 batch's real samples, plus ``mu/2 ||w - w_global||²`` (FedProx); the update is plain SGD,
@@ -44,11 +52,28 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: i
     return model
 
 
+ENGINES = ("auto", "vmap", "loop")
+_DENSE_LAYERS = ("InputLayer", "Flatten", "Dense", "Reshape", "Activation", "ReLU", "Softmax")
+
+
+def pick_engine(model: Any, engine: str = "auto") -> str:
+    """``auto`` → ``vmap`` for models made only of dense-type layers, else ``loop``."""
+    if engine not in ENGINES:
+        from federated.errors import ConfigError
+
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    return "vmap" if all(type(layer).__name__ in _DENSE_LAYERS for layer in model.layers) else "loop"
+
+
 class ClientTrainer:
     """Runs local SGD for many clients per call; holds the training set as one tensor."""
 
-    def __init__(self, model: Any, x_train: np.ndarray, y_train: np.ndarray, lr: float, mu: float = 0.0) -> None:
+    def __init__(self, model: Any, x_train: np.ndarray, y_train: np.ndarray, lr: float, mu: float = 0.0,
+                 engine: str = "auto") -> None:
         self.model = model
+        self.engine = pick_engine(model, engine)
         self.lr = float(lr)
         self.mu = float(mu)
         self.x = tf.constant(x_train, dtype=tf.float32)
@@ -56,7 +81,7 @@ class ClientTrainer:
         shapes = [tuple(v.shape) for v in model.trainable_variables]
         w_spec = [tf.TensorSpec(s, tf.float32) for s in shapes]
         self._round = tf.function(
-            self._round_impl,
+            self._round_impl if self.engine == "loop" else self._round_vmap,
             input_signature=[
                 w_spec,
                 tf.TensorSpec([None, None, None], tf.int32),
@@ -97,6 +122,31 @@ class ClientTrainer:
             outs = [ta.write(k, wi) for ta, wi in zip(outs, w)]
             losses = losses.write(k, loss_sum / tf.cast(tf.maximum(steps[k], 1), tf.float32))
         return [ta.stack() for ta in outs], losses.stack()
+
+    def _round_vmap(self, global_w: list[Any], idx: Any, mask: Any, steps: Any) -> tuple[list[Any], Any]:
+        k_clients = tf.shape(idx)[0]
+        lr = tf.constant(self.lr, tf.float32)
+        mu = tf.constant(self.mu, tf.float32)
+        stacked = [tf.repeat(g[None], k_clients, axis=0) for g in global_w]
+        loss_sum = tf.zeros([k_clients], tf.float32)
+
+        def client_loss(args: tuple[Any, ...]) -> Any:
+            *w, i, m = args
+            return self._loss(list(w), tf.gather(self.x, i), tf.gather(self.y, i), m)
+
+        for s in tf.range(tf.shape(idx)[1]):
+            active = tf.cast(steps > s, tf.float32)
+            with tf.GradientTape() as tape:
+                tape.watch(stacked)
+                losses = tf.vectorized_map(client_loss, (*stacked, idx[:, s], mask[:, s]))
+                total = tf.reduce_sum(losses)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(total, stacked)]
+            if self.mu > 0:
+                grads = [gr + mu * tf.reshape(active, [-1] + [1] * (len(g0.shape))) * (w - g0[None])
+                         for gr, w, g0 in zip(grads, stacked, global_w)]
+            stacked = [w - lr * gr for w, gr in zip(stacked, grads)]
+            loss_sum += losses * active
+        return stacked, loss_sum / tf.cast(tf.maximum(steps, 1), tf.float32)
 
     def train_round(self, global_weights: Sequence[np.ndarray], idx: np.ndarray, mask: np.ndarray,
                     steps: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:

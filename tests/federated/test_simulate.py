@@ -32,14 +32,14 @@ def _max_diff(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("mu", [0.0, 0.5])
-def test_one_graph_call_for_all_clients_equals_per_client_eager_keras(digits_setup, mu) -> None:
+@pytest.mark.parametrize(("engine", "mu"), [("vmap", 0.0), ("vmap", 0.5), ("loop", 0.0), ("loop", 0.5)])
+def test_one_graph_call_for_all_clients_equals_per_client_eager_keras(digits_setup, engine, mu) -> None:
     from federated.tf_clients import ClientTrainer, build_model, train_client_naive
 
     s = digits_setup
     model = build_model("mlp-small", s.sample_shape, 10, seed=1)
     w0 = [v.numpy() for v in model.trainable_variables]
-    trainer = ClientTrainer(model, s.x_train, s.y_train, lr=0.2, mu=mu)
+    trainer = ClientTrainer(model, s.x_train, s.y_train, lr=0.2, mu=mu, engine=engine)
     clients = [0, 3, 5, 11]
     # different client sizes, 2 epochs, batch 7 with a partial last batch, shuffled per epoch
     batches = [[s.parts[c][b] for b in client_batches(0, 1, c, s.parts[c].size, 2, 7)] for c in clients]
@@ -52,6 +52,21 @@ def test_one_graph_call_for_all_clients_equals_per_client_eager_keras(digits_set
     assert np.isfinite(losses).all()
     trainer.train_round(w0, *padded_plan(batches[:2]))  # other shapes: the same graph, no retracing
     assert trainer._round.experimental_get_tracing_count() == 1
+
+
+def test_cnn_clients_in_one_graph_call_equal_eager_keras(digits_setup) -> None:
+    from federated.tf_clients import ClientTrainer, build_model, train_client_naive
+
+    s = digits_setup
+    model = build_model("cnn", s.sample_shape, 10, seed=3)
+    w0 = [v.numpy() for v in model.trainable_variables]
+    trainer = ClientTrainer(model, s.x_train, s.y_train, lr=0.1)
+    assert trainer.engine == "loop"  # convolutions: the graph loop over clients
+    batches = [[s.parts[c][b] for b in client_batches(0, 2, c, s.parts[c].size, 1, 16)] for c in (1, 2)]
+    got, _ = trainer.train_round(w0, *padded_plan(batches))
+    oracle = build_model("cnn", s.sample_shape, 10, seed=3)
+    for b, w in zip(batches, got):
+        assert _max_diff(train_client_naive(oracle, w0, s.x_train, s.y_train, b, lr=0.1), w) < 1e-5
 
 
 def test_one_graph_call_equals_keras_fit_per_client(digits_setup) -> None:
@@ -153,8 +168,9 @@ def test_resume_after_sigkill_ends_with_identical_weights(tmp_path) -> None:
             "--server-lr", "0.03", "--dp-clip", "5", "--dp-noise", "0.01", "--seed", "3", "--json"]
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
     killed = tmp_path / "killed"
+    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([sys.executable, *args, "--out", str(killed)], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -169,6 +185,7 @@ def test_resume_after_sigkill_ends_with_identical_weights(tmp_path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        log.close()
     assert proc.returncode == -signal.SIGKILL
     done_before = len(read_history(killed))
     assert 3 <= done_before < 12
