@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--partition", default="iid")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", default="auto", choices=("auto", "vmap", "loop"), help="the simulator's client engine")
     p.add_argument("--tff-venv", type=Path, default=ROOT / ".venv-tff")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds the TFF process may run")
     p.add_argument("--out", type=Path, default=RESULTS / "tff_parity.json")
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=120)
     config = SimulationConfig(model="mlp-small", data="digits", clients=args.clients, fraction=args.fraction,
                               local_epochs=args.epochs, batch=args.batch, lr=args.lr, rounds=args.rounds,
-                              partition=args.partition, seed=args.seed, client_shuffle=False)
+                              partition=args.partition, seed=args.seed, client_shuffle=False,
+                              engine=args.engine)
     try:
         with tempfile.TemporaryDirectory(prefix="tff-parity-") as tmp:
             report = run_parity(config, tmp, tff_venv=args.tff_venv, timeout=args.timeout)

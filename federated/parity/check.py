@@ -68,6 +68,14 @@ def from_simulation(sim_plan: Any, config: Any) -> ParityPlan:
     )
 
 
+def _engine_name(config: Any, sim_plan: Any) -> str:
+    """The client engine ``simulate`` used (``auto`` resolved)."""
+    from federated.tf_clients import build_model, pick_engine
+
+    model = build_model(config.model, sim_plan.clients[0].x.shape[1:], len(sim_plan.initial_weights[-1]), config.seed)
+    return pick_engine(model, config.engine)
+
+
 def max_abs_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
     """Largest elementwise |a − b| over all weight arrays (shapes must match)."""
     if [np.shape(x) for x in a] != [np.shape(y) for y in b]:
@@ -127,6 +135,7 @@ def run_parity(config: Any, workdir: str | Path, *, tff_venv: str | Path = TFF_V
     tff_w, tff_rest = read_weights(result_path)
 
     ours = simulate(config, progress=False)
+    engine = _engine_name(config, sim_plan)
     t0 = time.perf_counter()
     np_w = reference.fedavg(pplan)
     np_seconds = (time.perf_counter() - t0) / pplan.rounds
@@ -135,7 +144,7 @@ def run_parity(config: Any, workdir: str | Path, *, tff_venv: str | Path = TFF_V
     runs = {
         "tff": EngineRun("TFF 0.87", tff_w, [float(s) for s in tff_rest["round_seconds"]],
                          reference.accuracy(tff_w, x_test, y_test)),
-        "edgeloop": EngineRun("edgeloop simulate", list(ours.final_weights), [float(r["seconds"]) for r in ours.history],
+        "edgeloop": EngineRun(f"edgeloop simulate ({engine})", list(ours.final_weights), [float(r["seconds"]) for r in ours.history],
                               reference.accuracy(ours.final_weights, x_test, y_test)),
         "numpy": EngineRun("numpy float64 oracle", np_w, [np_seconds] * pplan.rounds,
                            reference.accuracy(np_w, x_test, y_test)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ def test_numpy_gradients_equal_tensorflow_gradients() -> None:
     ],
     ids=["iid-E1-B20", "dirichlet-E2-B7"],
 )
-def test_simulate_equals_numpy_fedavg_on_the_parity_plan(config: SimulationConfig) -> None:
+@pytest.mark.parametrize("engine", ["vmap", "loop"])
+def test_simulate_equals_numpy_fedavg_on_the_parity_plan(config: SimulationConfig, engine: str) -> None:
+    config = replace(config, engine=engine)
     pplan = from_simulation(plan(config), config)
     expected = reference.fedavg(pplan)
     got = simulate(config, progress=False).final_weights
