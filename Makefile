@@ -75,3 +75,23 @@ bundles: install
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .hypothesis
+
+# TensorFlow Federated parity (not part of `make test`). TFF 0.87 pins TensorFlow 2.14 and Python < 3.12,
+# so it gets its own .venv-tff, installed exactly from a hashed lock file.
+PY_TFF ?= $(PY_LEGACY)
+TFF_ENV ?= .venv-tff
+TFF_LOCK := federated/parity/requirements-tff.lock
+TFF_STAMP := $(TFF_ENV)/.installed-stamp
+
+$(TFF_STAMP): $(TFF_LOCK)
+	rm -rf $(TFF_ENV)
+	$(PY_TFF) -m venv $(TFF_ENV)
+	$(TFF_ENV)/bin/python -m pip install -q --no-deps --require-hashes -r $(TFF_LOCK)
+	touch $@
+
+.PHONY: tff-env tff-parity
+tff-env: $(TFF_STAMP)
+
+tff-parity: install tff-env
+	EDGELOOP_TFF=1 EDGELOOP_TFF_VENV=$(TFF_ENV) $(BIN)/python -m pytest -q -m tff tests/federated/test_parity.py
+	nice -n 10 $(BIN)/python benchmarks/tff_parity.py --tff-venv $(TFF_ENV)
