@@ -69,10 +69,6 @@ def cmd_publish(args: argparse.Namespace) -> int:
     key = load_private_key(_key_path(args))
     bundle = Path(args.bundle)
     accuracy = args.accuracy
-    if accuracy is None:
-        from device.bundle import read_manifest
-
-        accuracy = read_manifest(bundle).metrics.get("tflite_accuracy")
     from device.native_log import quiet_native_output
 
     with quiet_native_output(stdout=False):  # LiteRT's XNNPACK line while the canary is computed

@@ -69,7 +69,7 @@ class Registry:
                 note: str = "", canary_samples: int = 16) -> Release:
         """Register ``bundle_dir`` as a new version (and make it ``channel``'s current one, if given).
 
-        ``signing_key`` None publishes an unsigned bundle, which every device refuses (for tests).
+        ``accuracy`` defaults to the manifest's verified test accuracy. ``signing_key`` None publishes an unsigned bundle, which every device refuses (for tests).
         """
         from cloud.canary import write_canary
         from cloud.signing import public_raw, sign_bundle
@@ -78,6 +78,8 @@ class Registry:
         src = Path(bundle_dir)
         manifest = read_manifest(src)
         model = (src / manifest.model_file).read_bytes()
+        if accuracy is None:  # the export's own verified accuracy on its test split
+            accuracy = manifest.metrics.get("tflite_accuracy")
         with self.sessions.begin() as s:
             row = Version(name=manifest.name, created=time.time(), mode=manifest.mode, model_sha256=manifest.sha256,
                           files="{}", accuracy=accuracy, parent=parent, note=note,
