@@ -19,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install legacy device-env lint demo test bench bundles clean
+.PHONY: install legacy device-env lint demo test bench bundles clean serve
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,9 +68,15 @@ test: install legacy device-env lint
 
 bench: install legacy device-env
 	$(BIN)/python benchmarks/device_runtime.py
+	$(BIN)/python benchmarks/fleet_load.py
 
 bundles: install
 	$(BIN)/edgeloop cloud ship-bundles
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .hypothesis
+
+# The fleet service on 127.0.0.1:8000 with its data in service-data/ (keys, SQLite, published bundles).
+serve: install
+	@test -f service-data/keys/signing.key || $(BIN)/edgeloop cloud keygen --data-dir service-data
+	$(BIN)/edgeloop cloud serve --data-dir service-data

@@ -1,4 +1,4 @@
-"""Fleet load: N simulated devices (async httpx clients) poll for updates and upload samples on loopback
+"""Fleet load: N simulated devices (async aiohttp clients) poll for updates and upload samples on loopback
 against a real ``edgeloop cloud serve`` process, on SQLite and on PostgreSQL, side by side.
 
 Each device loops: GET its channel's release with If-None-Match (a 304 after the first), POST a batch
@@ -119,8 +119,9 @@ def make_batch(device: int, seq: int, size: int, data: str) -> list[dict]:
 
 async def device_loop(client, url: str, idx: int, token: str, stats: Stats, deadline: float, think: float,
                       batch: int, data: str, rng: np.random.Generator) -> None:
-    import httpx
+    import aiohttp
 
+    errors = (aiohttp.ClientError, asyncio.TimeoutError)
     auth = {"Authorization": f"Bearer {token}"}
     etag, seq, pending = None, 0, None
     await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
@@ -131,12 +132,14 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
         if not flushing:
             t0 = time.perf_counter()
             try:
-                r = await client.get(f"{url}/v1/channels/stable/current", headers={**auth, **({"If-None-Match": etag} if etag else {})})
+                async with client.get(f"{url}/v1/channels/stable/current",
+                                      headers={**auth, **({"If-None-Match": etag} if etag else {})}) as r:
+                    await r.read()
                 stats.latencies["poll"].append(time.perf_counter() - t0)
-                stats.statuses[str(r.status_code)] = stats.statuses.get(str(r.status_code), 0) + 1
-                if r.status_code == 200:
+                stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+                if r.status == 200:
                     etag = r.headers["etag"]
-            except httpx.HTTPError:
+            except errors:
                 stats.errors += 1
         if pending is None:
             pending = (uuid.uuid4().hex, make_batch(idx, seq, batch, data))
@@ -144,27 +147,28 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
             stats.generated += batch
         t0 = time.perf_counter()
         try:
-            r = await client.post(f"{url}/v1/samples", json={"samples": pending[1]},
-                                  headers={**auth, "Idempotency-Key": pending[0]})
+            async with client.post(f"{url}/v1/samples", json={"samples": pending[1]},
+                                   headers={**auth, "Idempotency-Key": pending[0]}) as r:
+                await r.read()
             stats.latencies["upload"].append(time.perf_counter() - t0)
-            stats.statuses[str(r.status_code)] = stats.statuses.get(str(r.status_code), 0) + 1
-            if r.status_code == 200:
+            stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+            if r.status == 200:
                 stats.acknowledged += len(pending[1])
                 stats.ids += [s["id"] for s in pending[1]]
                 pending = None
-        except httpx.HTTPError:
+        except errors:
             stats.errors += 1
         if not flushing:
             await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
 
 
 async def fleet(url: str, tokens: list[str], duration: float, think: float, batch: int) -> tuple[Stats, float]:
-    import httpx
+    import aiohttp
 
     stats = Stats()
     data = base64.b64encode(np.random.default_rng(0).integers(0, 256, 784, dtype=np.uint8).tobytes()).decode()
-    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    connector = aiohttp.TCPConnector(limit=len(tokens))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         start = time.monotonic()
         await asyncio.gather(*(device_loop(client, url, i, t, stats, start + duration, think, batch, data,
                                            np.random.default_rng(i)) for i, t in enumerate(tokens)))
@@ -218,7 +222,8 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            print(f"[{name}] {args.devices} devices for {args.duration:.0f} s against 127.0.0.1:{port} …", flush=True)
+            print(f"[{name}] {args.devices} devices for {args.duration:.0f} s against 127.0.0.1:{port} "
+                  f"(load average {os.getloadavg()[0]:.1f}) …", flush=True)
             stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch))
         finally:
             done.set()
@@ -247,6 +252,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
             "distinct_ids_stored": distinct, "duplicate_acks": len(stats.ids) - len(set(stats.ids)),
             "exactly_once": stats.generated == stats.acknowledged == stored == distinct,
             "server_peak_rss_mib": peak[0] / 2**20,
+            "load_average_1min_after": os.getloadavg()[0],  # this machine is shared: context for the figures
         }
     finally:
         shutil.rmtree(data, ignore_errors=True)
@@ -287,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['backend']} | {r['req_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['poll_p50_ms']:.1f} / {r['poll_p99_ms']:.1f} | {r['upload_p50_ms']:.1f} / {r['upload_p99_ms']:.1f} | "
               f"{r['samples_sent']} | {r['samples_stored']} | {r['errors']} | {r['server_peak_rss_mib']:.0f} MiB |")
+    print("(latencies include time queued in the client and server when the machine is saturated)")
     done = [r for r in rows if "skipped" not in r]
     if len(done) == 2:
         a, b = done

@@ -82,6 +82,7 @@ class Agent:
         self._lock = threading.Lock()
         self._rng = random.Random(config.seed)
         self._reported_drops = self.queue.counters()["dropped"]
+        self._last_drop_report = -1e9
         self.events: list[dict[str, Any]] = []  # what happened, newest last (also logged and reported)
         self._runtime = self._load_current()
 
@@ -149,7 +150,12 @@ class Agent:
             return "unchanged"
         state = self.store.state()
         etags = [e for e in (state.get("etag"), *state.get("rejected", [])[-3:]) if e]
-        release = self.client.current(self.config.channel, ", ".join(etags) or None, running=self._version)
+        try:
+            release = self.client.current(self.config.channel, ", ".join(etags) or None, running=self._version)
+        except RequestRejected as exc:
+            if exc.status == 404:  # nothing published on this channel yet
+                return "unchanged"
+            raise
         if release is None or release.etag in state.get("rejected", []) or release.etag == state.get("etag"):
             return "unchanged"
         bundle_id = f"v{release.version}-{release.files['model.tflite']['sha256'][:12]}"
@@ -222,9 +228,13 @@ class Agent:
             sent += self.queue.ack(key)
         return sent
 
-    def _report_drops(self) -> None:
+    def _report_drops(self, force: bool = False) -> None:
+        """Report samples dropped over the queue cap: at once the first time, then at most every 10 s."""
+        if not force and time.monotonic() - self._last_drop_report < 10.0:
+            return
         dropped = self.queue.counters()["dropped"]
         if dropped > self._reported_drops:
+            self._last_drop_report = time.monotonic()
             self._event("dropped", f"sample queue full ({self.config.queue_max}): "
                                    f"{dropped - self._reported_drops} oldest samples dropped, {dropped} in total")
             self._reported_drops = dropped
@@ -257,9 +267,15 @@ class Agent:
                     next_poll = now + backoff_delay(0, self.config.poll_interval, self.config.poll_interval,
                                                     self.config.jitter, self._rng)
                 if now >= next_upload:
+                    self._report_drops(force=True)
                     sent = self.upload_pending()
                     next_upload = now + self.config.upload_interval
                 failures = 0
+            except RequestRejected as exc:  # e.g. a revoked token: say so loudly, keep serving, try again later
+                failures += 1
+                log.error("%s", exc)
+                next_poll = next_upload = now + self.config.max_backoff
+                outcome = f"refused ({exc.status})"
             except ServerUnavailable as exc:
                 failures += 1
                 delay = exc.retry_after or backoff_delay(failures - 1, min(1.0, self.config.poll_interval),

@@ -35,7 +35,7 @@ class ServiceProcess:
         with open(self.data_dir / f"serve-{self.port}.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(self.data_dir),
-                 "--host", "127.0.0.1", "--port", str(self.port), *self.extra],
+                 "--host", "127.0.0.1", "--port", str(self.port), "--release-cache", "0", *self.extra],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

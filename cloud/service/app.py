@@ -23,6 +23,8 @@ from cloud.service.db import Device, Event, database_url, make_engine, make_sess
 from cloud.service.ingest import BadSample, BatchIn, QuotaExceeded, store_batch
 from cloud.service.registry import Registry, RegistryError
 
+SEEN_RESOLUTION_S = 5.0  # "last seen" on the dashboard is this precise; it saves a write per poll
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -32,8 +34,11 @@ class ServiceConfig:
     max_batch_samples: int = 500
     max_samples_per_device: int = 1_000_000
     rate: RateLimit = field(default_factory=RateLimit)
+    release_cache_s: float = 1.0  # a publish or promote reaches devices at most this much later
 
     def __post_init__(self) -> None:
+        if self.release_cache_s < 0:
+            raise ValueError(f"release_cache_s must be >= 0, got {self.release_cache_s}")
         if self.max_request_bytes < 1024 or self.max_batch_samples < 1 or self.max_samples_per_device < 1:
             raise ValueError("service limits must be positive (max_request_bytes >= 1024)")
 
@@ -70,12 +75,32 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise HTTPException(429, f"too many requests from this device; retry in {wait:.2f} s",
                                 headers={"Retry-After": f"{max(1, round(wait))}"})
 
+    last_written: dict[int, tuple[float, str | None]] = {}
+
     def seen(device_id: int, running: str | None = None, **values: Any) -> None:
+        """Record that a device called in; polls write at most every SEEN_RESOLUTION_S unless something changed."""
+        now = time.time()
+        running = running[:64] if running else None
+        written_at, written_running = last_written.get(device_id, (0.0, None))
+        if not values and running in (None, written_running) and now - written_at < SEEN_RESOLUTION_S:
+            return
+        last_written[device_id] = (now, running or written_running)
         with sessions.begin() as s:
-            changes = {"last_seen": time.time(), **values}
+            changes = {"last_seen": now, **values}
             if running:
-                changes["running_version"] = running[:64]
+                changes["running_version"] = running
             s.execute(update(Device).where(Device.id == device_id).values(**changes))
+
+    releases: dict[str, tuple[float, Any]] = {}
+
+    def current_release(channel: str) -> Any:
+        """The channel's release, cached briefly (the registry may change from another process)."""
+        hit = releases.get(channel)
+        if hit is not None and time.monotonic() - hit[0] < config.release_cache_s:
+            return hit[1]
+        release = registry.current(channel)
+        releases[channel] = (time.monotonic(), release)
+        return release
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -88,7 +113,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         device_id = authenticate(authorization)
         throttle(device_id)
         seen(device_id, x_model_version)
-        release = registry.current(channel)
+        release = current_release(channel)
         if release is None:
             raise HTTPException(404, f"nothing is published on channel {channel!r}")
         headers = {"ETag": release.etag, "Cache-Control": "no-cache"}

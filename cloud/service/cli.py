@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cloud.service.auth import RateLimit
 
     config = ServiceConfig(Path(args.data_dir), args.database_url, args.max_request_bytes, args.max_batch,
-                           args.device_quota, RateLimit(args.rate, args.burst))
+                           args.device_quota, RateLimit(args.rate, args.burst), args.release_cache)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the dashboard and /v1/versions are not authenticated")
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
@@ -137,6 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-bytes", type=int, default=1 << 20)
     p.add_argument("--max-batch", type=int, default=500, help="samples per upload")
     p.add_argument("--device-quota", type=int, default=1_000_000, help="samples stored per device")
+    p.add_argument("--release-cache", type=float, default=1.0,
+                   help="seconds a channel's release is cached (a publish reaches devices this much later)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
 

@@ -15,7 +15,7 @@ import time
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,13 +98,14 @@ def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn
             stored = _device_count(s, device_id)
             if stored + len(fresh) > quota:
                 raise QuotaExceeded(f"device quota of {quota} stored samples reached ({stored} stored)")
-            row = Batch(device_id=device_id, key=key, received=now, stored=len(fresh))
-            s.add(row)
-            s.flush()
-            s.add_all([Sample(device_id=device_id, sample_id=smp.id, batch_id=row.id, shape=json.dumps(smp.input.shape),
-                              dtype=smp.input.dtype, data=raw, prediction=smp.prediction, confidence=smp.confidence,
-                              label=smp.label, model_version=smp.model_version, timestamp=smp.timestamp, received=now)
-                       for smp, raw in fresh])
+            batch_id = s.execute(insert(Batch).values(device_id=device_id, key=key, received=now, stored=len(fresh))
+                                 .returning(Batch.id)).scalar_one()
+            if fresh:  # one executemany through SQLAlchemy Core: the ORM's unit of work costs more than the insert
+                s.execute(insert(Sample), [
+                    {"device_id": device_id, "sample_id": smp.id, "batch_id": batch_id, "shape": json.dumps(smp.input.shape),
+                     "dtype": smp.input.dtype, "data": raw, "prediction": smp.prediction, "confidence": smp.confidence,
+                     "label": smp.label, "model_version": smp.model_version, "timestamp": smp.timestamp, "received": now}
+                    for smp, raw in fresh])
             s.execute(update(Device).where(Device.id == device_id)
                       .values(samples_stored=Device.samples_stored + len(fresh), last_seen=now))
             return len(fresh), False
