@@ -8,6 +8,7 @@ arrive exactly once through a server crash and an agent restart.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -226,3 +227,18 @@ def test_samples_arrive_exactly_once_through_a_server_crash_and_an_agent_restart
 def _queued(agent: Agent) -> list[dict]:
     rows = agent.queue._db.execute("SELECT body FROM samples ORDER BY seq").fetchall()
     return [json.loads(b) for (b,) in rows]
+
+
+def test_device_run_cli_updates_and_uploads(fleet, tmp_path: Path) -> None:
+    """``edgeloop device run`` as a process: it takes the channel's release, then exits after --duration."""
+    release = fleet["registry"].publish(SHIPPED / "mnist-cnn-int8", "cli", fleet["key"])
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeloop", "device", "run", "--server", fleet["svc"].url, "--channel", "cli",
+         "--dir", str(tmp_path / "agent"), "--public-key", str(fleet["public"]), "--initial", "mnist-cnn-float32",
+         "--poll-interval", "0.5", "--duration", "3"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ,
+                                                                     "EDGELOOP_DEVICE_TOKEN": fleet["tokens"]["ota"]})
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines[0]["version"] == "shipped:mnist-cnn-float32"
+    assert {"outcome": "updated", "version": str(release.version)}.items() <= lines[1].items()
