@@ -66,14 +66,15 @@ class Registry:
 
     def publish(self, bundle_dir: Path | str, channel: str | None, signing_key: Any | None,
                 accuracy: float | None = None, source_run: Path | None = None, parent: int | None = None,
-                note: str = "", canary_samples: int = 16) -> Release:
+                note: str = "", canary_samples: int = 16, check_canary: bool = True) -> Release:
         """Register ``bundle_dir`` as a new version (and make it ``channel``'s current one, if given).
 
-        ``accuracy`` defaults to the manifest's verified test accuracy. ``signing_key`` None publishes an unsigned bundle, which every device refuses (for tests).
+        ``accuracy`` defaults to the manifest's verified test accuracy. A canary the bundle brings
+        must pass the same health check a device runs, unless ``check_canary`` is off (tests of the
+        device's rollback). ``signing_key`` None publishes an unsigned bundle, which devices refuse.
         """
-        from cloud.canary import write_canary
-        from cloud.signing import public_raw, sign_bundle
-        from device.verify_signature import CANARY_NAME, key_id
+        from cloud.signing import public_raw
+        from device.verify_signature import key_id
 
         src = Path(bundle_dir)
         manifest = read_manifest(src)
@@ -88,9 +89,32 @@ class Registry:
             s.flush()
             vid = row.id
         target = self.version_dir(vid)
-        shutil.rmtree(target, ignore_errors=True)
+        try:
+            self._write_blobs(src, target, model, manifest, vid, signing_key, source_run, canary_samples)
+            if check_canary:
+                _check_canary(target)
+        except BaseException:  # leave no half-published version behind
+            shutil.rmtree(target, ignore_errors=True)
+            with self.sessions.begin() as s:
+                s.execute(delete(Version).where(Version.id == vid))
+            raise
+        with self.sessions.begin() as s:
+            row = s.get(Version, vid)
+            row.files = json.dumps(self._hash_files(target))
+            if channel:
+                s.add(ChannelEntry(channel=channel, version_id=vid, time=time.time()))
+            return _release(row)
+
+    @staticmethod
+    def _write_blobs(src: Path, target: Path, model: bytes, manifest: Any, vid: int, signing_key: Any | None,
+                     source_run: Path | None, canary_samples: int) -> None:
         from dataclasses import replace
 
+        from cloud.canary import write_canary
+        from cloud.signing import sign_bundle
+        from device.verify_signature import CANARY_NAME
+
+        shutil.rmtree(target, ignore_errors=True)
         write_bundle(target, model, replace(manifest, version=str(vid)))
         if (src / CANARY_NAME).is_file():
             shutil.copy2(src / CANARY_NAME, target / CANARY_NAME)
@@ -102,12 +126,6 @@ class Registry:
             (target / SOURCE_DIR).mkdir(exist_ok=True)
             for name in ("model.keras", "config.json"):
                 shutil.copy2(Path(source_run) / name, target / SOURCE_DIR / name)
-        with self.sessions.begin() as s:
-            row = s.get(Version, vid)
-            row.files = json.dumps(self._hash_files(target))
-            if channel:
-                s.add(ChannelEntry(channel=channel, version_id=vid, time=time.time()))
-            return _release(row)
 
     def rehash_files(self, version: int) -> Release:
         """Record the blobs' current hashes (after editing them by hand: repairs, or tests of tampering)."""
@@ -187,6 +205,15 @@ class Registry:
             raise RegistryError(f"version {version} was published without its training run (--run), "
                                 "so it cannot be fine-tuned")
         return path
+
+
+def _check_canary(bundle: Path) -> None:
+    from device.health import check_health, read_canary
+    from device.runtime import Runtime
+
+    report = check_health(Runtime(bundle), read_canary(bundle))
+    if not report.healthy:
+        raise RegistryError(f"{bundle}: refusing to publish, the bundle fails its own canary check ({report.reason})")
 
 
 def manifest_path(registry: Registry, version: int) -> Path:

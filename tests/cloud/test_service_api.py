@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
+import time
 import uuid
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tests.conftest import SHIPPED
@@ -21,7 +25,7 @@ LIMITS = ("--rate", "5", "--burst", "40", "--max-batch", "50", "--max-request-by
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("svc")
-    sessions, registry, key, public, tokens = setup_service(data, ("dev1", "dev2", "dev3", "hammer", "quota"))
+    sessions, registry, key, public, tokens = setup_service(data, ("dev1", "dev2", "dev3", "hammer", "quota", "fuzz"))
     with ServiceProcess(data, extra=LIMITS) as svc:
         yield svc, sessions, registry, key, tokens
 
@@ -154,8 +158,6 @@ def test_device_quota_gets_413(service) -> None:
 
 def test_too_fast_gets_429_with_retry_after(service) -> None:
     """A token bucket of 40 refilled at 5/s: at most 40 + 5 t requests pass in t seconds, then 429."""
-    import time
-
     svc, _, _, _, tokens = service
     h = _auth(tokens["hammer"])
     passed, limited = 0, None
@@ -186,3 +188,27 @@ def test_events_update_the_device(service) -> None:
         dev = s.scalars(select(Device).where(Device.name == "dev1")).one()
         assert dev.dropped == 7 and dev.last_event == "dropped: queue full" and dev.last_seen is not None
     assert httpx.post(svc.url + "/v1/events", headers=_auth("bogus"), json={"kind": "x"}).status_code == 401
+
+
+SAMPLE_KEYS = ["id", "input", "prediction", "confidence", "label", "model_version", "timestamp", "extra"]
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                           max_leaves=12)
+samples_like = st.fixed_dictionaries({}, optional={k: json_values for k in SAMPLE_KEYS})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=300), st.builds(lambda xs: json.dumps({"samples": xs}).encode(),
+                                                        st.lists(samples_like, max_size=3))))
+def test_arbitrary_bodies_get_a_4xx_and_store_nothing(service, body: bytes) -> None:
+    """Whatever a client sends, the answer is a 4xx with a reason (never a 500), and nothing bad is stored."""
+    svc, sessions, _, _, tokens = service
+    before = len(_stored(sessions, "fuzz"))
+    headers = {**_auth(tokens["fuzz"]), "Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"}
+    for _ in range(50):  # hypothesis may call faster than the 5/s rate limit allows: wait as told
+        r = httpx.post(svc.url + "/v1/samples", content=body, headers=headers)
+        if r.status_code != 429:
+            break
+        time.sleep(0.2)
+    assert r.status_code in (400, 413, 422), (r.status_code, r.text)
+    assert len(_stored(sessions, "fuzz")) == before

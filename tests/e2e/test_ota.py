@@ -162,7 +162,13 @@ def test_failed_health_check_rolls_back(fleet, tmp_path: Path) -> None:
     probs = Runtime(broken).predict(x)
     with open(broken / "canary.npz", "wb") as fh:
         np.savez(fh, x=x, expected=np.roll(probs, 3, axis=1).astype(np.float32))
-    registry.publish(broken, "health", fleet["key"])
+    from cloud.service.registry import RegistryError
+
+    published = len(registry.versions())
+    with pytest.raises(RegistryError, match="fails its own canary check"):  # the cloud checks first …
+        registry.publish(broken, "health", fleet["key"])
+    assert len(registry.versions()) == published  # and leaves no half-published version
+    registry.publish(broken, "health", fleet["key"], check_canary=False)  # … but say it slipped through
     assert agent.check_for_update() == "rolled-back"
     assert agent.runtime is serving and agent.store.current() == link and agent.version == str(good.version)
     assert (agent.store.root / "current").resolve() == link
