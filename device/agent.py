@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import shutil
 import threading
 import time
@@ -158,14 +159,14 @@ class Agent:
             raise
         if release is None or release.etag in state.get("rejected", []) or release.etag == state.get("etag"):
             return "unchanged"
-        bundle_id = f"v{release.version}-{release.files['model.tflite']['sha256'][:12]}"
+        bundle_id = f"v{release.version}-" + re.sub(r"[^A-Za-z0-9]", "", release.etag)[-12:]  # a safe directory name
         staging = self.store.staging()
         try:
             if self._public_key is None:
                 raise UpdateRejected("no pinned public key (--public-key): refusing every update")
             for name in BUNDLE_FILES:
                 meta = release.files.get(name)
-                if meta is None:
+                if not isinstance(meta, dict) or "url" not in meta or "sha256" not in meta:
                     raise UpdateRejected(f"release v{release.version} has no {name} (unsigned bundle?)")
                 self.client.download(meta["url"], staging / name, meta["sha256"])
             verify_bundle_signature(staging, self._public_key)
@@ -194,9 +195,9 @@ class Agent:
                                     f"back to {old_state.get('version')}", version)
             shutil.rmtree(bundle, ignore_errors=True)
             return "rolled-back"
+        self.store.update_state(version=str(version), etag=etag)
         with self._lock:
             self._runtime, self._version = runtime, str(version)
-        self.store.update_state(version=str(version), etag=etag)
         self.store.prune({bundle, previous} if previous else {bundle})
         self._event("updated", f"now serving v{version} (canary: {health.reason}, "
                                f"max |Δp| {health.max_abs_prob_diff:.2g})", version)

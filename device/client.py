@@ -87,9 +87,12 @@ class ServiceClient:
         status, hdrs, body = self._request("GET", f"/v1/channels/{channel}/current", headers=headers)
         if status == 304:
             return None
-        data = json.loads(body)
-        return Release(int(data["version"]), str(data["name"]), hdrs.get("ETag") or hdrs.get("etag") or data["etag"],
-                       dict(data["files"]))
+        try:
+            data = json.loads(body)
+            return Release(int(data["version"]), str(data["name"]),
+                           hdrs.get("ETag") or hdrs.get("etag") or str(data["etag"]), dict(data["files"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServerUnavailable(f"GET /v1/channels/{channel}/current: malformed release description ({exc})") from None
 
     def download(self, url: str, dest: Path, sha256: str, max_bytes: int = 64 << 20) -> None:
         """Stream ``url`` to a temporary file next to ``dest``, check its sha256, then rename it to ``dest``."""
