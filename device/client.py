@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.errors import EdgeloopError
+from device.errors import EdgeloopError, UpdateRejected
 
 
 class ServerUnavailable(EdgeloopError):
@@ -111,16 +111,14 @@ class ServiceClient:
                             digest.update(chunk)
                             fh.write(chunk)
                 except urllib.error.HTTPError as exc:
-                    raise (ServerUnavailable if exc.code >= 500 or exc.code == 429 else RequestRejected)(
-                        f"GET {url}: HTTP {exc.code}", *(() if exc.code >= 500 or exc.code == 429 else (exc.code,))
-                    ) from None
+                    if exc.code >= 500 or exc.code == 429:
+                        raise ServerUnavailable(f"GET {url}: HTTP {exc.code}") from None
+                    raise RequestRejected(f"GET {url}: HTTP {exc.code}", exc.code) from None
                 except (urllib.error.URLError, OSError, TimeoutError) as exc:
                     raise ServerUnavailable(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
                 fh.flush()
                 os.fsync(fh.fileno())
             if digest.hexdigest() != sha256:
-                from device.errors import UpdateRejected
-
                 raise UpdateRejected(f"{url}: downloaded sha256 {digest.hexdigest()[:16]}… is not the announced "
                                      f"{sha256[:16]}…")
             os.replace(tmp, dest)

@@ -112,7 +112,8 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("attack", ["tampered model", "tampered manifest", "wrong key", "unsigned"])
+@pytest.mark.parametrize("attack", ["tampered model", "tampered manifest", "wrong key", "unsigned",
+                                    "corrupted in transit"])
 def test_bad_updates_are_rejected_and_the_old_model_stays(fleet, tmp_path: Path, attack: str) -> None:
     registry, channel = fleet["registry"], "rej-" + attack.replace(" ", "-")
     good = registry.publish(SHIPPED / "mnist-cnn-int8", channel, fleet["key"])
@@ -129,20 +130,24 @@ def test_bad_updates_are_rejected_and_the_old_model_stays(fleet, tmp_path: Path,
     else:
         bad = registry.publish(SHIPPED / "mnist-cnn-float32", channel, fleet["key"])
         blob = registry.version_dir(bad.version)
-        if attack == "tampered model":
+        if attack in ("tampered model", "corrupted in transit"):
             _flip(blob / "model.tflite", 4000)
         else:
             manifest = json.loads((blob / "manifest.json").read_text())
             manifest["output"]["labels"][0], manifest["output"]["labels"][1] = "1", "0"
             (blob / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        registry.rehash_files(bad.version)  # a compromised server announces the tampered files' own hashes
+        if attack != "corrupted in transit":  # else the announced sha256 no longer matches the download
+            registry.rehash_files(bad.version)  # a compromised server announces the tampered files' own hashes
 
     assert agent.check_for_update() == "rejected"
     assert agent.runtime is serving and agent.store.current() == link and agent.version == str(good.version)
     assert agent.predict(_digits(1)[0]).label in serving.labels
     assert agent.check_for_update() == "unchanged"  # a rejected release is not downloaded again
-    kinds = [k for k, _ in _events(fleet, "rej")]
-    assert kinds[-1] == "rejected"
+    kind, detail = _events(fleet, "rej")[-1]
+    reason = {"tampered model": "is not the manifest's", "tampered manifest": "signature does not match",
+              "wrong key": "this device pins key", "unsigned": "has no signature.json",
+              "corrupted in transit": "is not the announced"}[attack]
+    assert kind == "rejected" and reason in detail, detail
     assert not list(agent.store.root.glob(".staging-*"))
     agent.close()
 
