@@ -16,6 +16,7 @@ from fastapi import FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import update
+from starlette.concurrency import run_in_threadpool
 
 from cloud.service import dashboard
 from cloud.service.auth import RateLimit, RateLimiter, TokenCache
@@ -48,6 +49,23 @@ class EventIn(BaseModel):
     version: Annotated[str, Field(max_length=64)] | None = None
     detail: Annotated[str, Field(max_length=2000)] = ""
     counters: dict[str, int] = {}
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``$defs`` references inlined, to embed it anywhere in an OpenAPI document."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -134,7 +152,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     def versions() -> list[dict[str, Any]]:
         return registry.versions()
 
-    @app.post("/v1/samples", summary="Upload a batch of samples under an Idempotency-Key")
+    # the body is read by hand (to enforce the size limit before parsing), so its schema is declared here
+    @app.post("/v1/samples", summary="Upload a batch of samples under an Idempotency-Key",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": inline_refs(BatchIn.model_json_schema())}}}})
     async def samples(request: Request, authorization: Annotated[str | None, Header()] = None,
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         device_id = authenticate(authorization)
@@ -155,8 +176,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise HTTPException(422, exc.errors(include_url=False, include_input=False)) from None
         if len(batch.samples) > config.max_batch_samples:
             raise HTTPException(413, f"{len(batch.samples)} samples in one batch; at most {config.max_batch_samples}")
-        from starlette.concurrency import run_in_threadpool
-
         try:
             stored, replayed = await run_in_threadpool(store_batch, sessions, device_id, idempotency_key, batch,
                                                        config.max_samples_per_device)

@@ -55,6 +55,10 @@ def test_openapi_schema_is_served(service) -> None:
     svc = service[0]
     schema = httpx.get(svc.url + "/openapi.json").json()
     assert {"/v1/samples", "/v1/channels/{channel}/current", "/v1/events", "/v1/versions"} <= set(schema["paths"])
+    body = schema["paths"]["/v1/samples"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    sample = body["properties"]["samples"]["items"]
+    assert {"id", "input", "prediction", "confidence", "model_version", "timestamp"} <= set(sample["required"])
+    assert "$ref" not in json.dumps(body)
 
 
 def test_release_etag_promote_and_rollback(service) -> None:
