@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,11 @@ def test_registry_commands(tmp_path: Path) -> None:
     assert again.returncode == 1 and "exists" in again.stderr  # a pinned key is never silently replaced
 
     dev = run_cli("cloud", "add-device", "pi-1", *data, "--json")
-    assert dev.returncode == 0 and len(json.loads(dev.stdout)["token"]) >= 40
+    assert dev.returncode == 0
+    token = json.loads(dev.stdout)["token"]
+    assert len(token) >= 40
+    db = b"".join(p.read_bytes() for p in (tmp_path / "svc").glob("edgeloop.sqlite*"))  # the file and its WAL
+    assert token.encode() not in db and hashlib.sha256(token.encode()).hexdigest().encode() in db  # stored hashed
     dup = run_cli("cloud", "add-device", "pi-1", *data)
     assert dup.returncode == 1 and "already registered" in dup.stderr
 

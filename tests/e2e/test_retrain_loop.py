@@ -19,17 +19,28 @@ from tests.service_helpers import ServiceProcess, setup_service
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
-def test_collect_retrain_publish_update_improves_accuracy_on_a_shifted_distribution(tmp_path: Path) -> None:
+CONFIG = {"model": "mlp", "data": "mnist5k", "epochs": 2, "patience": None, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLP trained 2 epochs on MNIST-5k, with its float32 bundle in RUN/bundle."""
     from cloud.export import ExportConfig, export_bundle, load_run
-    from cloud.train import TrainConfig, make_splits, train
+    from cloud.train import TrainConfig, train
 
-    config = TrainConfig(model="mlp", data="mnist5k", epochs=2, patience=None, seed=0)
-    train(config, tmp_path / "run", progress=False)
-    export_bundle(load_run(tmp_path / "run"), tmp_path / "bundle", ExportConfig(mode="float32", name="mnist-mlp"))
+    run = tmp_path_factory.mktemp("mlp-run")
+    train(TrainConfig(**CONFIG), run, progress=False)
+    export_bundle(load_run(run), run / "bundle", ExportConfig(mode="float32", name="mnist-mlp"))
+    return run
 
+
+def test_collect_retrain_publish_update_improves_accuracy_on_a_shifted_distribution(mlp_run: Path, tmp_path: Path) -> None:
+    from cloud.train import TrainConfig, make_splits
+
+    config = TrainConfig(**CONFIG)
     data = tmp_path / "svc"
     sessions, registry, key, public, tokens = setup_service(data, ("inverted-cam",))
-    v1 = registry.publish(tmp_path / "bundle", "stable", key, source_run=tmp_path / "run")
+    v1 = registry.publish(mlp_run / "bundle", "stable", key, source_run=mlp_run)
 
     splits = make_splits(config)
     device_x, device_y = 255 - splits.train.x[:400], splits.train.y[:400]  # what the camera sees, labelled by users
@@ -69,3 +80,23 @@ def test_collect_retrain_publish_update_improves_accuracy_on_a_shifted_distribut
             agent.close()
     print(f"accuracy on inverted digits: before {before:.3f}, after {after:.3f}")
     assert after > before + 0.3, (before, after)  # measured here: 0.002 -> 0.575
+
+
+def test_a_retrained_model_that_is_worse_is_not_published(mlp_run: Path, tmp_path: Path) -> None:
+    """The gate: a fine-tune that wrecks the model (learning rate 30) loses held-out accuracy, so nothing is published."""
+    from cloud.retrain import RetrainConfig, retrain
+    from cloud.service.ingest import BatchIn, store_batch
+    from cloud.train import TrainConfig, make_splits
+    from device.collector import encode_input
+
+    sessions, registry, key, _, _ = setup_service(tmp_path / "svc", ("cam",))
+    v1 = registry.publish(mlp_run / "bundle", "stable", key, source_run=mlp_run)
+    train = make_splits(TrainConfig(**CONFIG)).train
+    samples = [{"id": f"s{i}", "input": encode_input(train.x[i]), "prediction": 0, "confidence": 0.5,
+                "label": int(train.y[i]), "model_version": str(v1.version), "timestamp": 1e9} for i in range(40)]
+    assert store_batch(sessions, 1, "b1", BatchIn.model_validate({"samples": samples}), 10_000) == (40, False)
+
+    result = retrain(RetrainConfig(epochs=1, learning_rate=30.0), sessions, registry, key, tmp_path / "retrain")
+    assert result.labelled_samples == 40 and result.new_accuracy < result.old_accuracy
+    assert result.published is None and registry.current("canary") is None
+    assert [v["version"] for v in registry.versions()] == [v1.version]
