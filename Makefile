@@ -19,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install legacy device-env lint demo test bench bundles clean
+.PHONY: install legacy device-env lint demo test bench bundles clean serve
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,7 @@ test: install legacy device-env lint
 bench: install legacy device-env
 	$(BIN)/python benchmarks/device_runtime.py
 	nice -n 10 $(BIN)/python benchmarks/federated_sim.py
+	$(BIN)/python benchmarks/fleet_load.py
 
 bundles: install
 	$(BIN)/edgeloop cloud ship-bundles
@@ -95,3 +96,8 @@ tff-env: $(TFF_STAMP)
 tff-parity: install tff-env
 	EDGELOOP_TFF=1 EDGELOOP_TFF_VENV=$(TFF_ENV) $(BIN)/python -m pytest -q -m tff tests/federated/test_parity.py
 	nice -n 10 $(BIN)/python benchmarks/tff_parity.py --tff-venv $(TFF_ENV)
+
+# The fleet service on 127.0.0.1:8000 with its data in service-data/ (keys, SQLite, published bundles).
+serve: install
+	@test -f service-data/keys/signing.key || $(BIN)/edgeloop cloud keygen --data-dir service-data
+	$(BIN)/edgeloop cloud serve --data-dir service-data
