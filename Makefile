@@ -24,7 +24,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.cache/flwr
 
-.PHONY: install legacy device-env lint demo test bench bundles clean
+.PHONY: install legacy device-env lint demo test bench bundles clean serve
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,8 @@ test: install legacy device-env lint
 
 bench: install legacy device-env
 	$(BIN)/python benchmarks/device_runtime.py
+	nice -n 10 $(BIN)/python benchmarks/federated_sim.py
+	$(BIN)/python benchmarks/fleet_load.py
 	nice -n 10 $(BIN)/python benchmarks/federated_deploy.py
 
 bundles: install
@@ -80,3 +82,28 @@ bundles: install
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .hypothesis
+
+# TensorFlow Federated parity (not part of `make test`). TFF 0.87 pins TensorFlow 2.14 and Python < 3.12,
+# so it gets its own .venv-tff, installed exactly from a hashed lock file.
+PY_TFF ?= $(PY_LEGACY)
+TFF_ENV ?= .venv-tff
+TFF_LOCK := federated/parity/requirements-tff.lock
+TFF_STAMP := $(TFF_ENV)/.installed-stamp
+
+$(TFF_STAMP): $(TFF_LOCK)
+	rm -rf $(TFF_ENV)
+	$(PY_TFF) -m venv $(TFF_ENV)
+	$(TFF_ENV)/bin/python -m pip install -q --no-deps --require-hashes -r $(TFF_LOCK)
+	touch $@
+
+.PHONY: tff-env tff-parity
+tff-env: $(TFF_STAMP)
+
+tff-parity: install tff-env
+	EDGELOOP_TFF=1 EDGELOOP_TFF_VENV=$(TFF_ENV) $(BIN)/python -m pytest -q -m tff tests/federated/test_parity.py
+	nice -n 10 $(BIN)/python benchmarks/tff_parity.py --tff-venv $(TFF_ENV)
+
+# The fleet service on 127.0.0.1:8000 with its data in service-data/ (keys, SQLite, published bundles).
+serve: install
+	@test -f service-data/keys/signing.key || $(BIN)/edgeloop cloud keygen --data-dir service-data
+	$(BIN)/edgeloop cloud serve --data-dir service-data

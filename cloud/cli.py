@@ -254,6 +254,10 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", default="runs/ship", help="where to keep the training run")
     p.set_defaults(func=cmd_ship)
+
+    from cloud.service.cli import register as register_service  # serve, keygen, add-device, publish, … retrain
+
+    register_service(sub)
     return parser
 
 

@@ -15,8 +15,10 @@ from device.errors import EdgeloopError
 
 
 def resolve_bundle(spec: str) -> Path:
-    """A path as given, or the name of a shipped bundle (``mnist-cnn-int8``)."""
+    """A path as given, an agent directory (its current bundle), or a shipped bundle's name (``mnist-cnn-int8``)."""
     path = Path(spec)
+    if (path / "current" / "manifest.json").is_file():  # an agent directory: its current model
+        return (path / "current").resolve()
     if path.exists() or "/" in spec or spec.endswith(".tflite"):
         return path
     try:
@@ -183,6 +185,10 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
 
     p = sub.add_parser("bundles", help="list the pretrained bundles shipped with edgeloop")
     p.set_defaults(func=cmd_bundles)
+
+    from device.agent_cli import register as register_agent  # edgeloop device run
+
+    register_agent(sub)
     return parser
 
 

@@ -31,5 +31,13 @@ class InterpreterUnavailableError(EdgeloopError):
     """No TFLite interpreter (LiteRT, tflite-runtime or TensorFlow) can be imported."""
 
 
+class UpdateRejected(EdgeloopError):
+    """A downloaded model update failed its sha256, signature or health check; the old model stays."""
+
+
+class CollectorError(EdgeloopError):
+    """The on-device sample queue cannot be opened or written."""
+
+
 class NotTrainableError(BundleError):
     """A bundle without the ``train``/``get_weights``/``set_weights`` signatures was asked to train."""

@@ -3,8 +3,8 @@
 The bundle's ``train`` signature takes a fixed batch; the last, partial batch of an epoch is
 padded and masked (``mask`` 0 on padding), so every sample counts once and padding counts
 never. Data comes from an ``.npz`` (``x``, ``y``), an image folder (one subfolder per class,
-named by label), or any source registered in :data:`DATA_SOURCES` under a ``scheme:``
-prefix; the device agent's collected-data store plugs in there (``store:PATH``).
+named by label), the device agent's collected-data store (``store:PATH``, its labelled samples),
+or any other source registered in :data:`DATA_SOURCES` under a ``scheme:`` prefix.
 """
 
 from __future__ import annotations
@@ -38,8 +38,33 @@ class LocalData:
         return int(self.y.shape[0])
 
 
-# scheme -> loader(path, manifest); the device agent registers "store" for its collected data
-DATA_SOURCES: dict[str, Callable[[str, Manifest], LocalData]] = {}
+def _load_store(path: str, manifest: Manifest) -> LocalData:
+    """The labelled samples in the device agent's collected-data queue (:mod:`device.collector`), read-only:
+    training on them neither uploads nor drops them."""
+    import json
+    import sqlite3
+
+    from device.collector import decode_input
+
+    if not Path(path).is_file():
+        raise InputError(f"store:{path}: no collected-data store (the device agent's SQLite queue) there")
+    try:
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM samples ORDER BY seq")]
+        finally:
+            db.close()
+    except (sqlite3.Error, ValueError) as exc:
+        raise InputError(f"store:{path}: cannot read the collected-data store ({exc})") from None
+    labelled = [b for b in bodies if b.get("label") is not None]
+    if not labelled:
+        raise InputError(f"store:{path}: {len(bodies)} collected sample(s), none labelled; training needs labels")
+    x = np.stack([decode_input(b["input"]).reshape(manifest.input.shape) for b in labelled])
+    return LocalData(x, np.asarray([b["label"] for b in labelled], np.int32), f"store:{path}")
+
+
+# scheme -> loader(path, manifest); "store:PATH" is the device agent's collected-data queue
+DATA_SOURCES: dict[str, Callable[[str, Manifest], LocalData]] = {"store": _load_store}
 
 
 def load_local_data(source: str | Path, manifest: Manifest) -> LocalData:

@@ -6,56 +6,33 @@ import argparse
 import sys
 
 
-def cmd_deploy_local(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cloud.cli import _print_rounds, _quiet_tf, fl_server_config
-
-    _quiet_tf()
-    from cloud.fl_launch import DeployConfig, deploy_local
-
-    out = str(Path(args.out).resolve())
-    config = DeployConfig(out=out, clients=args.clients, rounds=args.rounds, min_clients=args.min_clients,
-                          data=args.data, model=args.model, bundle=args.bundle, partition=args.partition,
-                          seed=args.seed, timeout_s=args.timeout, tls=args.tls)
-    server = fl_server_config(args, out, "")
-    result = deploy_local(config, server, on_event=None if args.json else lambda m: print(m, flush=True))
-    _print_rounds(result, args.json, Path(out))
-    return 0
-
-
 def build_parser(prog: str = "edgeloop federated") -> argparse.ArgumentParser:
-    from cloud.cli import _core_args
-
     parser = argparse.ArgumentParser(prog=prog, description="Federated learning (FedAvg family).")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("deploy-local", help="1 Flower server + N device processes on loopback, each with its own data")
-    p.add_argument("--clients", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--min-clients", type=int, default=None, help="default: all clients")
-    p.add_argument("--out", required=True)
-    p.add_argument("--data", default="digits", help="digits, mnist5k or an .npz, partitioned among the clients")
-    p.add_argument("--model", default="mlp-small", help="registry model when no --bundle is given")
-    p.add_argument("--bundle", default=None, help="a trainable bundle to start from (default: train --model 1 epoch)")
-    p.add_argument("--partition", default="iid", help="iid, dirichlet, shards, quantity")
-    p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--tls", action="store_true", help="TLS between devices and server (a throwaway CA for 127.0.0.1)")
-    _core_args(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_deploy_local)
+    from federated.deploy_cli import add_commands as add_deploy_commands
+    from federated.sim_cli import add_commands as add_sim_commands
+
+    add_sim_commands(sub)
+    add_deploy_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "edgeloop federated") -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from device.errors import EdgeloopError
     from federated.errors import FederatedError
 
     args = build_parser(prog).parse_args(argv)
     try:
         return int(args.func(args))
-    except (EdgeloopError, FederatedError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (FederatedError, EdgeloopError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; every process was stopped", file=sys.stderr)
+        print("interrupted; every process started was stopped (a simulation with --out can be continued "
+              "with --resume)", file=sys.stderr)
         return 130

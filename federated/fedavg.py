@@ -13,7 +13,7 @@ from federated.weights import Weights
 
 
 def weighted_mean(updates: Sequence[Sequence[np.ndarray]], num_samples: Sequence[int]) -> Weights:
-    """``sum_k n_k w_k / sum_k n_k`` per array, accumulated in float64, returned in each array's dtype."""
+    """``sum_k n_k w_k / sum_k n_k`` per array, in each array's dtype (one BLAS matrix-vector product per array)."""
     if not updates:
         raise ValueError("weighted_mean needs at least one update")
     counts = np.asarray(num_samples, dtype=np.float64)
@@ -22,8 +22,7 @@ def weighted_mean(updates: Sequence[Sequence[np.ndarray]], num_samples: Sequence
     coef = counts / counts.sum()
     out: Weights = []
     for layer in zip(*updates):
-        acc = np.zeros(layer[0].shape, dtype=np.float64)
-        for c, w in zip(coef, layer):
-            acc += c * w
-        out.append(acc.astype(layer[0].dtype))
+        stacked = np.stack(layer)
+        c = coef.astype(stacked.dtype) if stacked.dtype.kind == "f" else coef
+        out.append((c @ stacked.reshape(len(layer), -1)).reshape(layer[0].shape).astype(layer[0].dtype))
     return out

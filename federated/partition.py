@@ -73,12 +73,26 @@ def _dirichlet(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generato
 
 
 def _shards(labels: np.ndarray, k: int, per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """McMahan et al. 2017: sort by label, cut into ``k * per_client`` equal shards, deal them out at random."""
+    """McMahan et al. 2017: cut the label-sorted data into ``k * per_client`` shards, deal them out at random.
+
+    Shards never straddle two classes (each class gets a share of the shards proportional to its
+    size, largest remainder first), so a client with 2 shards holds at most 2 classes.
+    """
     num_shards = k * per_client
     if labels.size < num_shards:
         raise ConfigError(f"{labels.size} samples are too few for {num_shards} shards")
-    order = np.lexsort((rng.random(labels.size), labels))  # by label, shuffled within each class
-    shards = np.array_split(order, num_shards)
+    classes, counts = np.unique(labels, return_counts=True)
+    if num_shards < classes.size:
+        raise ConfigError(f"{num_shards} shards cannot cover {classes.size} classes; use more clients or shards per client")
+    quota = counts * num_shards / counts.sum()
+    per_class = np.maximum(np.floor(quota).astype(int), 1)
+    while per_class.sum() > num_shards:  # the floor of 1 can overshoot: take back from the largest
+        per_class[np.argmax(per_class - quota)] -= 1
+    for c in np.argsort(-(quota - per_class), kind="stable")[: num_shards - per_class.sum()]:
+        per_class[c] += 1
+    shards: list[np.ndarray] = []
+    for cls, n_shards in zip(classes, per_class):
+        shards.extend(np.array_split(rng.permutation(np.flatnonzero(labels == cls)), n_shards))
     dealt = rng.permutation(num_shards).reshape(k, per_client)
     return [np.concatenate([shards[s] for s in row]) for row in dealt]
 

@@ -21,7 +21,7 @@ from federated.server_opt import STRATEGIES, ServerOptParams, init_state, server
 from federated.state import ServerState
 from federated.trimmed_mean import trimmed_mean
 from federated.validate import update_problem
-from federated.weights import Weights, add, copy, l2_norm, subtract
+from federated.weights import Weights, add, copy, subtract, update_norms
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum")
 
@@ -155,13 +155,12 @@ class Server:
             )
         if sampling_rate is not None and not 0 < sampling_rate <= 1:
             raise ConfigError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
-        deltas = [subtract(u.weights, self._weights) for u in valid]
-        norms = [l2_norm(d) for d in deltas]
+        norms = update_norms([u.weights for u in valid], self._weights)
         metrics: dict[str, float] = {}
         rng_before = self._rng.bit_generator.state
         try:
             if cfg.dp is not None:
-                clipped = [dp_lib.clip(d, cfg.dp.clip_norm)[0] for d in deltas]
+                clipped = [dp_lib.clip(subtract(u.weights, self._weights), cfg.dp.clip_norm)[0] for u in valid]
                 aggregate = add(self._weights, dp_lib.noisy_mean(clipped, cfg.dp, self._rng))
                 metrics["clients_clipped"] = float(sum(n > cfg.dp.clip_norm for n in norms))
             elif cfg.aggregator == "mean":

@@ -52,3 +52,12 @@ def unflatten(vector: np.ndarray, like: Sequence[np.ndarray]) -> Weights:
 def num_bytes(weights: Sequence[np.ndarray]) -> int:
     """Bytes to send these arrays uncompressed."""
     return int(sum(w.nbytes for w in weights))
+
+
+def update_norms(updates: Sequence[Sequence[np.ndarray]], reference: Sequence[np.ndarray]) -> np.ndarray:
+    """``||u - reference||_2`` for every update at once (one stacked array per layer)."""
+    total = np.zeros(len(updates))
+    for i, ref in enumerate(reference):
+        d = (np.stack([u[i] for u in updates]) - ref).reshape(len(updates), -1)
+        total += np.einsum("ij,ij->i", d, d, dtype=np.float64)
+    return np.sqrt(total)

@@ -82,20 +82,30 @@ def test_data_sources_npz_without_channel_and_image_folder(trainable_bundle: Pat
     (tmp_path / "imgs" / "cat").mkdir()
     with pytest.raises(InputError, match="not one of the bundle's labels"):
         load_local_data(tmp_path / "imgs", manifest)
-    with pytest.raises(InputError, match="unknown data source scheme 'store'"):
-        load_local_data("store:/var/edgeloop", manifest)
+    with pytest.raises(InputError, match="unknown data source scheme 'cloud'"):
+        load_local_data("cloud:/var/edgeloop", manifest)
 
 
-def test_collected_data_store_seam(trainable_bundle: Path) -> None:
+def test_collected_data_store_labelled_samples_train(trainable_bundle: Path, tmp_path: Path) -> None:
+    """``store:PATH`` reads the device agent's SampleQueue: labelled samples only, the queue untouched."""
     from device.bundle import read_manifest
-    from device.trainer import DATA_SOURCES, LocalData, load_local_data
+    from device.collector import SampleQueue
+    from device.errors import InputError
+    from device.trainer import DeviceTrainer, load_local_data
 
-    x, y = _digits(5)
-    DATA_SOURCES["store"] = lambda path, manifest: LocalData(x, y, f"store:{path}")
-    try:
-        assert len(load_local_data("store:/var/edgeloop", read_manifest(trainable_bundle))) == 5
-    finally:
-        del DATA_SOURCES["store"]
+    x, y = _digits(6)
+    queue = SampleQueue(tmp_path / "queue.db")
+    for i in range(6):
+        queue.put(x[i], prediction=0, confidence=0.5, model_version="1", label=int(y[i]) if i % 2 == 0 else None)
+    manifest = read_manifest(trainable_bundle)
+    data = load_local_data(f"store:{tmp_path / 'queue.db'}", manifest)
+    np.testing.assert_array_equal(data.x, x[[0, 2, 4]])
+    np.testing.assert_array_equal(data.y, y[[0, 2, 4]])
+    assert DeviceTrainer(trainable_bundle).fit(data).num_samples == 3
+    assert len(queue) == 6 and queue.counters()["sent"] == 0
+    queue.close()
+    with pytest.raises(InputError, match="no collected-data store"):
+        load_local_data(f"store:{tmp_path / 'missing.db'}", manifest)
 
 
 def test_non_trainable_bundle_is_a_clear_error() -> None:

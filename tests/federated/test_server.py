@@ -185,8 +185,10 @@ def test_config_validation(kwargs) -> None:
 
 
 def test_core_imports_neither_tensorflow_nor_flower() -> None:
+    """The numpy core, the simulator's driver and the CLI load TensorFlow only when a simulation trains."""
     code = ("import sys, federated, federated.server, federated.dp, federated.compress, federated.krum, "
-            "federated.median, federated.trimmed_mean, federated.state, federated.partition\n"
+            "federated.median, federated.trimmed_mean, federated.state, federated.partition, federated.schedule, "
+            "federated.simulate, federated.cli, federated.sim_cli\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'flwr', 'dp_accounting'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -1,0 +1,315 @@
+"""Fleet load: N simulated devices (async aiohttp clients) poll for updates and upload samples on loopback
+against a real ``edgeloop cloud serve`` process, on SQLite and on PostgreSQL, side by side.
+
+Each device loops: GET its channel's release with If-None-Match (a 304 after the first), POST a batch
+of samples under an idempotency key (resent with the same key until acknowledged), think, repeat.
+At the deadline every device flushes its pending batch, so samples sent = samples acknowledged, and
+the script checks that the database stores exactly that many, with no duplicate ids.
+
+    .venv/bin/python benchmarks/fleet_load.py                  # 200 devices, 60 s, sqlite + postgresql
+    .venv/bin/python benchmarks/fleet_load.py --duration 10 --backends sqlite
+
+PostgreSQL: the script runs initdb and postgres (from /usr/local/bin or /usr/lib/postgresql/*/bin) as
+user ``nobody`` in a temporary directory on a free 127.0.0.1 port, and stops it by PID.
+Prints a table and writes ``benchmarks/results/fleet_load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import glob
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "fleet_load.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin(name: str) -> str | None:
+    for candidate in [f"/usr/local/bin/{name}", *sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[::-1]]:
+        if os.path.exists(candidate):
+            return candidate
+    return shutil.which(name)
+
+
+@contextmanager
+def postgres_cluster():
+    """A throw-away PostgreSQL cluster on 127.0.0.1; yields its URL. Runs as ``nobody`` when we are root."""
+    import psycopg
+
+    initdb, postgres = pg_bin("initdb"), pg_bin("postgres")
+    if not initdb or not postgres:
+        raise RuntimeError("PostgreSQL server binaries (initdb, postgres) not found")
+    root = Path(tempfile.mkdtemp(prefix="edgeloop-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "nobody", "nogroup")
+        as_user = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    data = root / "data"
+    port = free_port()
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, cwd=root)
+    log = open(root / "postgres.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([*as_user, postgres, "-D", str(data), "-p", str(port), "-k", str(root),
+                             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+                    c.execute("CREATE DATABASE edgeloop")
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("postgres did not start: " + (root / "postgres.log").read_text()[-1500:]) from None
+                time.sleep(0.2)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/edgeloop", {"pid": proc.pid, "port": port}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # fast shutdown
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Stats:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"poll": [], "upload": []})
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    generated: int = 0
+    acknowledged: int = 0
+    ids: list[str] = field(default_factory=list)
+
+
+def make_batch(device: int, seq: int, size: int, data: str) -> list[dict]:
+    return [{"id": f"d{device}-{seq}-{i}", "input": {"shape": [28, 28, 1], "dtype": "uint8", "data": data},
+             "prediction": i % 10, "confidence": 0.42, "label": (i + device) % 10, "model_version": "1",
+             "timestamp": time.time()} for i in range(size)]
+
+
+async def device_loop(client, url: str, idx: int, token: str, stats: Stats, deadline: float, think: float,
+                      batch: int, data: str, rng: np.random.Generator) -> None:
+    import aiohttp
+
+    errors = (aiohttp.ClientError, asyncio.TimeoutError)
+    auth = {"Authorization": f"Bearer {token}"}
+    etag, seq, pending = None, 0, None
+    await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
+    while True:
+        flushing = time.monotonic() >= deadline
+        if flushing and pending is None:
+            return
+        if not flushing:
+            t0 = time.perf_counter()
+            try:
+                async with client.get(f"{url}/v1/channels/stable/current",
+                                      headers={**auth, **({"If-None-Match": etag} if etag else {})}) as r:
+                    await r.read()
+                stats.latencies["poll"].append(time.perf_counter() - t0)
+                stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+                if r.status == 200:
+                    etag = r.headers["etag"]
+            except errors:
+                stats.errors += 1
+        if pending is None:
+            pending = (uuid.uuid4().hex, make_batch(idx, seq, batch, data))
+            seq += 1
+            stats.generated += batch
+        t0 = time.perf_counter()
+        try:
+            async with client.post(f"{url}/v1/samples", json={"samples": pending[1]},
+                                   headers={**auth, "Idempotency-Key": pending[0]}) as r:
+                await r.read()
+            stats.latencies["upload"].append(time.perf_counter() - t0)
+            stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+            if r.status == 200:
+                stats.acknowledged += len(pending[1])
+                stats.ids += [s["id"] for s in pending[1]]
+                pending = None
+        except errors:
+            stats.errors += 1
+        if not flushing:
+            await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
+
+
+async def fleet(url: str, tokens: list[str], duration: float, think: float, batch: int) -> tuple[Stats, float]:
+    import aiohttp
+
+    stats = Stats()
+    data = base64.b64encode(np.random.default_rng(0).integers(0, 256, 784, dtype=np.uint8).tobytes()).decode()
+    connector = aiohttp.TCPConnector(limit=len(tokens))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        start = time.monotonic()
+        await asyncio.gather(*(device_loop(client, url, i, t, stats, start + duration, think, batch, data,
+                                           np.random.default_rng(i)) for i, t in enumerate(tokens)))
+        elapsed = time.monotonic() - start
+    return stats, elapsed
+
+
+def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict:
+    import psutil
+    from sqlalchemy import func, select
+
+    from cloud.service.auth import add_device
+    from cloud.service.db import Sample, database_url, make_engine, make_sessionmaker
+    from cloud.service.registry import Registry
+    from cloud.signing import keygen, load_private_key
+
+    data = Path(tempfile.mkdtemp(prefix=f"edgeloop-load-{name}-"))
+    try:
+        url = database_url(data, db_url)
+        engine = make_engine(url)
+        sessions = make_sessionmaker(engine)
+        private, _ = keygen(data / "keys")
+        Registry(sessions, data).publish(ROOT / "models/bundles/mnist-cnn-int8", "stable", load_private_key(private))
+        tokens = [add_device(sessions, f"sim-{i:03d}") for i in range(args.devices)]
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": url}
+        server = subprocess.Popen([sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(data), "--port",
+                                   str(port), "--rate", "1000", "--burst", "1000"], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        peak = [0]
+        done = threading.Event()
+        try:
+            import urllib.request
+
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            proc = psutil.Process(server.pid)
+
+            def watch() -> None:
+                while not done.is_set():
+                    try:
+                        rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                        peak[0] = max(peak[0], rss)
+                    except psutil.Error:
+                        pass
+                    done.wait(0.2)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            print(f"[{name}] {args.devices} devices for {args.duration:.0f} s against 127.0.0.1:{port} "
+                  f"(load average {os.getloadavg()[0]:.1f}) …", flush=True)
+            stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch))
+        finally:
+            done.set()
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait(10)
+        with sessions() as s:
+            stored = int(s.scalar(select(func.count()).select_from(Sample)))
+            distinct = int(s.scalar(select(func.count(func.distinct(Sample.sample_id)))))
+        engine.dispose()
+        lat = {k: np.asarray(v) * 1000 for k, v in stats.latencies.items()}
+        everything = np.concatenate(list(lat.values()))
+        requests = int(sum(stats.statuses.values()))
+        return {
+            "backend": name, "devices": args.devices, "duration_s": round(elapsed, 1), "requests": requests,
+            "req_per_s": requests / elapsed, "errors": stats.errors, "statuses": stats.statuses,
+            "p50_ms": float(np.percentile(everything, 50)), "p99_ms": float(np.percentile(everything, 99)),
+            "poll_p50_ms": float(np.percentile(lat["poll"], 50)), "poll_p99_ms": float(np.percentile(lat["poll"], 99)),
+            "upload_p50_ms": float(np.percentile(lat["upload"], 50)),
+            "upload_p99_ms": float(np.percentile(lat["upload"], 99)),
+            "samples_sent": stats.generated, "samples_acknowledged": stats.acknowledged, "samples_stored": stored,
+            "distinct_ids_stored": distinct, "duplicate_acks": len(stats.ids) - len(set(stats.ids)),
+            "exactly_once": stats.generated == stats.acknowledged == stored == distinct,
+            "server_peak_rss_mib": peak[0] / 2**20,
+            "load_average_1min_after": os.getloadavg()[0],  # this machine is shared: context for the figures
+        }
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--think", type=float, default=1.0, help="mean seconds a device waits between cycles")
+    parser.add_argument("--batch", type=int, default=10, help="samples per upload")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    rows = []
+    for backend in args.backends.split(","):
+        if backend == "sqlite":
+            rows.append(run_backend("sqlite", None, args))
+        elif backend == "postgresql":
+            try:
+                with postgres_cluster() as (url, _info):
+                    rows.append(run_backend("postgresql", url, args))
+            except (RuntimeError, subprocess.CalledProcessError, FileNotFoundError) as exc:
+                print(f"[postgresql] skipped: {exc}")
+                rows.append({"backend": "postgresql", "skipped": str(exc)})
+        else:
+            parser.error(f"unknown backend {backend!r}")
+
+    header = ("backend", "req/s", "p50 ms", "p99 ms", "poll p50/p99", "upload p50/p99", "sent", "stored", "errors",
+              "peak RSS")
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['backend']} | skipped: {r['skipped']} |")
+            continue
+        print(f"| {r['backend']} | {r['req_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['poll_p50_ms']:.1f} / {r['poll_p99_ms']:.1f} | {r['upload_p50_ms']:.1f} / {r['upload_p99_ms']:.1f} | "
+              f"{r['samples_sent']} | {r['samples_stored']} | {r['errors']} | {r['server_peak_rss_mib']:.0f} MiB |")
+    print("(latencies include time queued in the client and server when the machine is saturated)")
+    done = [r for r in rows if "skipped" not in r]
+    if len(done) == 2:
+        a, b = done
+        print(f"\n{b['backend']} / {a['backend']}: req/s ×{b['req_per_s'] / a['req_per_s']:.2f}, "
+              f"p99 ×{b['p99_ms'] / a['p99_ms']:.2f}, peak RSS ×{b['server_peak_rss_mib'] / a['server_peak_rss_mib']:.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                                 "platform": platform.platform()},
+                               "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    ok = all(r.get("exactly_once", True) for r in rows)
+    if not ok:
+        print("FAILED: samples sent and stored differ")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

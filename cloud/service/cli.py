@@ -1,0 +1,193 @@
+"""``edgeloop cloud serve|keygen|add-device|publish|versions|promote|rollback|retrain``.
+
+Registered into ``edgeloop cloud``'s parser by :func:`register`; each command imports
+what it needs when it runs (only ``retrain`` loads TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA = "service-data"
+
+
+def open_registry(args: argparse.Namespace) -> Any:
+    from cloud.service.db import database_url, make_engine, make_sessionmaker
+    from cloud.service.registry import Registry
+
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    sessions = make_sessionmaker(make_engine(database_url(data, getattr(args, "database_url", None))))
+    return sessions, Registry(sessions, data)
+
+
+def _key_path(args: argparse.Namespace) -> Path:
+    return Path(args.key) if getattr(args, "key", None) else Path(args.data_dir) / "keys" / "signing.key"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cloud.service.app import ServiceConfig, create_app
+    from cloud.service.auth import RateLimit
+
+    config = ServiceConfig(Path(args.data_dir), args.database_url, args.max_request_bytes, args.max_batch,
+                           args.device_quota, RateLimit(args.rate, args.burst), args.release_cache)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding to {args.host}: the dashboard and /v1/versions are not authenticated")
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.log_level == "debug")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cloud.signing import keygen
+
+    out = Path(args.out) if args.out else Path(args.data_dir) / "keys"
+    private, public = keygen(out, overwrite=args.force)
+    print(json.dumps({"private_key": str(private), "public_key": str(public)}) if args.json else
+          f"private key {private} (keep it on the cloud side)\npublic key  {public} (pin it on devices: --public-key)")
+    return 0
+
+
+def cmd_add_device(args: argparse.Namespace) -> int:
+    from cloud.service.auth import add_device
+
+    sessions, _ = open_registry(args)
+    token = add_device(sessions, args.name)
+    print(json.dumps({"device": args.name, "token": token}) if args.json else token)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from cloud.signing import load_private_key
+
+    _, registry = open_registry(args)
+    key = load_private_key(_key_path(args))
+    bundle = Path(args.bundle)
+    accuracy = args.accuracy
+    from device.native_log import quiet_native_output
+
+    with quiet_native_output(stdout=False):  # LiteRT's XNNPACK line while the canary is computed
+        release = registry.publish(bundle, args.channel, key, accuracy=accuracy,
+                                   source_run=Path(args.run) if args.run else None, note=args.note)
+    print(json.dumps(release.to_json()) if args.json else
+          f"published {bundle} as v{release.version} on {args.channel} ({release.etag})")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    _, registry = open_registry(args)
+    rows = registry.versions()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        acc = "–" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+        print(f"v{r['version']:<4} {r['name']:<28} {r['mode']:<8} {acc:>8}  {','.join(r['channels']) or '-'}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    _, registry = open_registry(args)
+    release = registry.promote(args.version, args.channel)
+    print(f"{args.channel} → v{release.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    _, registry = open_registry(args)
+    release = registry.rollback(args.channel)
+    print(f"{args.channel} rolled back to v{release.version}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from cloud.retrain import RetrainConfig, retrain
+    from cloud.signing import load_private_key
+
+    sessions, registry = open_registry(args)
+    config = RetrainConfig(channel=args.channel, target_channel=args.target, epochs=args.epochs,
+                           learning_rate=args.lr, holdout_fraction=args.holdout, seed=args.seed,
+                           oversample=args.oversample)
+    result = retrain(config, sessions, registry, load_private_key(_key_path(args)), Path(args.out))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.summary())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"service data directory (default {DEFAULT_DATA})")
+        p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default $DATABASE_URL, else SQLite "
+                                                            "in the data directory)")
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="run the HTTP service: registry, ingestion, dashboard (uvicorn)")
+    data_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--rate", type=float, default=5.0, help="requests/s per device, on average")
+    p.add_argument("--burst", type=int, default=20, help="requests a device may burst")
+    p.add_argument("--max-request-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-batch", type=int, default=500, help="samples per upload")
+    p.add_argument("--device-quota", type=int, default=1_000_000, help="samples stored per device")
+    p.add_argument("--release-cache", type=float, default=1.0,
+                   help="seconds a channel's release is cached (a publish reaches devices this much later)")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keygen", help="create the Ed25519 signing key pair (DATA/keys)")
+    data_args(p)
+    p.add_argument("--out", default=None, help="key directory (default DATA/keys)")
+    p.add_argument("--force", action="store_true", help="replace an existing key (devices must re-pin)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("add-device", help="register a device; prints its token once")
+    data_args(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_add_device)
+
+    p = sub.add_parser("publish", help="sign a bundle and publish it as a new version on a channel")
+    data_args(p)
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--channel", default="stable")
+    p.add_argument("--run", default=None, help="the training run it came from (model.keras), to allow retraining")
+    p.add_argument("--accuracy", type=float, default=None, help="held-out accuracy (default: the manifest's)")
+    p.add_argument("--note", default="")
+    p.add_argument("--key", default=None, help="private key (default DATA/keys/signing.key)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("versions", help="list published versions and their channels")
+    data_args(p)
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("promote", help="make a version current on a channel")
+    data_args(p)
+    p.add_argument("version", type=int)
+    p.add_argument("--channel", default="stable")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="make a channel's previous version current again")
+    data_args(p)
+    p.add_argument("--channel", default="stable")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("retrain", help="fine-tune the current model on collected labelled samples; "
+                                       "publish to canary if held-out accuracy does not drop")
+    data_args(p)
+    p.add_argument("--channel", default="stable", help="the channel whose current version is fine-tuned")
+    p.add_argument("--target", default="canary", help="where a better model is published")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--holdout", type=float, default=0.3, help="fraction of collected labelled samples held out")
+    p.add_argument("--oversample", type=int, default=3, help="repeat collected samples N times in the training set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/retrain", help="where the fine-tuned run and bundle go")
+    p.add_argument("--key", default=None)
+    p.set_defaults(func=cmd_retrain)

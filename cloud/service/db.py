@@ -1,0 +1,139 @@
+"""SQLAlchemy tables and the engine: SQLite (WAL, one file in the data directory) by default,
+PostgreSQL when ``DATABASE_URL`` says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+DB_FILE = "edgeloop.sqlite"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Version(Base):
+    """One published bundle. Files live in ``DATA/blobs/<id>/``; their hashes are here."""
+
+    __tablename__ = "versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created: Mapped[float] = mapped_column(Float)
+    mode: Mapped[str] = mapped_column(String(20))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    files: Mapped[str] = mapped_column(Text)  # JSON {name: {"sha256", "size"}}
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # held-out, as measured at publish
+    parent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class ChannelEntry(Base):
+    """A channel's history: its current version is the newest row; rolling back deletes that row."""
+
+    __tablename__ = "channel_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    time: Mapped[float] = mapped_column(Float)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    running_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_event: Mapped[str | None] = mapped_column(Text, nullable=True)
+    samples_stored: Mapped[int] = mapped_column(Integer, default=0)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Batch(Base):
+    """An ingested batch, by the device's idempotency key: a replay finds it and stores nothing."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("device_id", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    key: Mapped[str] = mapped_column(String(128))
+    received: Mapped[float] = mapped_column(Float)
+    stored: Mapped[int] = mapped_column(Integer)
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("device_id", "sample_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    sample_id: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
+    shape: Mapped[str] = mapped_column(String(64))  # JSON list
+    dtype: Mapped[str] = mapped_column(String(16))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    prediction: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    label: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    timestamp: Mapped[float] = mapped_column(Float)
+    received: Mapped[float] = mapped_column(Float)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text)
+    time: Mapped[float] = mapped_column(Float)
+
+
+def database_url(data_dir: Path | str, url: str | None = None) -> str:
+    """``url``, else ``$DATABASE_URL``, else a SQLite file in ``data_dir``."""
+    url = url or os.environ.get("DATABASE_URL")
+    if url:
+        if url.startswith("postgresql://"):  # use psycopg 3, not the psycopg2 SQLAlchemy defaults to
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return url
+    return f"sqlite:///{Path(data_dir).resolve() / DB_FILE}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8,
+                               max_overflow=8)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record) -> None:  # noqa: ANN001 - SQLAlchemy's callback signature
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,125 @@
+"""Sample ingestion: the request schema, its checks, and storing a batch exactly once.
+
+A batch is stored in one transaction together with its idempotency key; a replay of the
+key finds the batch and stores nothing, and a sample id seen before from the same device
+is never stored twice either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.service.db import Batch, Device, Sample
+
+INPUT_DTYPES = {"uint8": 1, "int8": 1, "float32": 4}
+MAX_INPUT_VALUES = 1 << 16
+
+
+class BadSample(ValueError):
+    """A sample passes the schema but its content is inconsistent (400)."""
+
+
+class InputArray(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shape: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=4)]
+    dtype: str
+    data: str
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in INPUT_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(INPUT_DTYPES)}")
+        return v
+
+
+class SampleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    input: InputArray
+    prediction: Annotated[int, Field(ge=0, le=100_000)]
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)]
+    label: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    model_version: Annotated[str, Field(min_length=1, max_length=64)]
+    timestamp: float
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: Annotated[list[SampleIn], Field(min_length=1)]
+
+
+def decode(sample: SampleIn) -> bytes:
+    """The input's raw bytes, checked against its shape and dtype; raises :class:`BadSample`."""
+    n = math.prod(sample.input.shape)
+    if n > MAX_INPUT_VALUES:
+        raise BadSample(f"sample {sample.id}: input has {n} values, at most {MAX_INPUT_VALUES} are accepted")
+    try:
+        raw = base64.b64decode(sample.input.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadSample(f"sample {sample.id}: input.data is not valid base64") from None
+    expected = n * INPUT_DTYPES[sample.input.dtype]
+    if len(raw) != expected:
+        raise BadSample(f"sample {sample.id}: input.data holds {len(raw)} bytes; shape {sample.input.shape} "
+                        f"{sample.input.dtype} needs {expected}")
+    if not math.isfinite(sample.timestamp):
+        raise BadSample(f"sample {sample.id}: timestamp must be finite")
+    return raw
+
+
+def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn, quota: int) -> tuple[int, bool]:
+    """Store a batch once; returns ``(samples stored by this batch, replayed)``.
+
+    Raises :class:`BadSample` (nothing stored) and :class:`QuotaExceeded`.
+    """
+    raws = [decode(s) for s in batch.samples]
+    ids = [s.id for s in batch.samples]
+    if len(set(ids)) != len(ids):
+        raise BadSample("sample ids within a batch must be unique")
+    now = time.time()
+    try:
+        with sessions.begin() as s:
+            existing = s.scalars(select(Batch).where(Batch.device_id == device_id, Batch.key == key)).first()
+            if existing is not None:
+                return existing.stored, True
+            seen = set(s.scalars(select(Sample.sample_id).where(Sample.device_id == device_id,
+                                                                   Sample.sample_id.in_(ids))).all())
+            fresh = [(smp, raw) for smp, raw in zip(batch.samples, raws) if smp.id not in seen]
+            stored = _device_count(s, device_id)
+            if stored + len(fresh) > quota:
+                raise QuotaExceeded(f"device quota of {quota} stored samples reached ({stored} stored)")
+            batch_id = s.execute(insert(Batch).values(device_id=device_id, key=key, received=now, stored=len(fresh))
+                                 .returning(Batch.id)).scalar_one()
+            if fresh:  # one executemany through SQLAlchemy Core: the ORM's unit of work costs more than the insert
+                s.execute(insert(Sample), [
+                    {"device_id": device_id, "sample_id": smp.id, "batch_id": batch_id, "shape": json.dumps(smp.input.shape),
+                     "dtype": smp.input.dtype, "data": raw, "prediction": smp.prediction, "confidence": smp.confidence,
+                     "label": smp.label, "model_version": smp.model_version, "timestamp": smp.timestamp, "received": now}
+                    for smp, raw in fresh])
+            s.execute(update(Device).where(Device.id == device_id)
+                      .values(samples_stored=Device.samples_stored + len(fresh), last_seen=now))
+            return len(fresh), False
+    except IntegrityError:  # the same key raced in on another connection and won: this is a replay
+        with sessions() as s:
+            existing = s.scalars(select(Batch).where(Batch.device_id == device_id, Batch.key == key)).first()
+            if existing is None:
+                raise
+            return existing.stored, True
+
+
+class QuotaExceeded(Exception):
+    """The device has stored as many samples as it may (413)."""
+
+
+def _device_count(s: Session, device_id: int) -> int:
+    return int(s.scalars(select(Device.samples_stored).where(Device.id == device_id)).one())

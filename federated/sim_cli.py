@@ -1,0 +1,217 @@
+"""``edgeloop federated simulate | partition | plot``: the simulator's commands.
+
+Kept apart from :mod:`federated.cli` so other command groups can be added there independently.
+TensorFlow is imported only inside ``simulate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from federated.compress import METHODS
+from federated.partition import SCHEMES
+from federated.server import AGGREGATORS
+from federated.server_opt import STRATEGIES
+
+
+def _batch(value: str) -> int | None:
+    if value.lower() in ("full", "0", "inf"):
+        return None
+    return int(value)
+
+
+def add_commands(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="simulate federated training of a registry model on many clients",
+                         description="Simulate FedAvg-family training: sample clients, train them locally in one compiled "
+                                     "TensorFlow call per round, aggregate on the numpy server.")
+    g = sim.add_argument_group("data and model")
+    g.add_argument("--model", default="cnn", help="registry model (cnn, mlp, mlp-small)")
+    g.add_argument("--data", default="mnist5k", help="mnist5k, digits, an .npz or an image folder")
+    g.add_argument("--clients", type=int, default=100)
+    g.add_argument("--partition", choices=SCHEMES, default="iid")
+    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
+    g.add_argument("--shards-per-client", type=int, default=2)
+    g.add_argument("--test-fraction", type=float, default=0.2)
+    g.add_argument("--seed", type=int, default=0)
+    g = sim.add_argument_group("rounds and clients")
+    g.add_argument("--rounds", type=int, default=50)
+    g.add_argument("--fraction", type=float, default=0.1, help="fraction C of clients sampled per round")
+    g.add_argument("--local-epochs", type=int, default=1)
+    g.add_argument("--batch", type=_batch, default=10, help="local batch size, or 'full'")
+    g.add_argument("--lr", type=float, default=0.1, help="client SGD learning rate")
+    g.add_argument("--no-client-shuffle", action="store_true", help="local batches in data order")
+    g.add_argument("--engine", choices=("auto", "vmap", "loop"), default="auto",
+                   help="client training: all clients' steps at once (vmap, dense models) or a graph loop over clients")
+    g.add_argument("--dropout", type=float, default=0.0, help="probability a sampled client drops out")
+    g.add_argument("--straggler-prob", type=float, default=0.0)
+    g.add_argument("--straggler-slowdown", type=float, default=4.0)
+    g.add_argument("--deadline", type=float, default=None, help="in local steps of a normal client")
+    g.add_argument("--min-clients", type=int, default=1, help="fewer valid updates refuse the round")
+    g.add_argument("--byzantine", type=int, default=0, help="the first N clients send random weights")
+    g.add_argument("--byzantine-scale", type=float, default=10.0)
+    g = sim.add_argument_group("server")
+    g.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
+    g.add_argument("--server-lr", type=float, default=1.0)
+    g.add_argument("--server-momentum", type=float, default=0.9)
+    g.add_argument("--beta1", type=float, default=0.9)
+    g.add_argument("--beta2", type=float, default=0.99)
+    g.add_argument("--tau", type=float, default=1e-3)
+    g.add_argument("--mu", type=float, default=0.0, help="FedProx proximal term")
+    g.add_argument("--aggregator", choices=AGGREGATORS, default="mean")
+    g.add_argument("--trim-beta", type=float, default=0.1)
+    g.add_argument("--krum-byzantine", type=int, default=1)
+    g.add_argument("--multi-krum-m", type=int, default=None)
+    g.add_argument("--max-update-norm", type=float, default=None)
+    g.add_argument("--dp-clip", type=float, default=None, help="turn on DP-FedAvg with this clip norm")
+    g.add_argument("--dp-noise", type=float, default=1.0, help="DP noise multiplier z")
+    g.add_argument("--dp-delta", type=float, default=1e-5)
+    g.add_argument("--compression", choices=METHODS, default="none")
+    g.add_argument("--topk-fraction", type=float, default=0.1)
+    g = sim.add_argument_group("output")
+    g.add_argument("--out", help="directory for metrics.jsonl, accuracy.png and the per-round checkpoint")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--eval-every", type=int, default=1)
+    g.add_argument("--export-mode", choices=("float32", "float16", "dynamic", "int8"), default=None,
+                   help="export the final global model as a verified device bundle (needs --out)")
+    g.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_simulate)
+
+    part = sub.add_parser("partition", help="show how a data set splits among clients")
+    part.add_argument("--data", default="mnist5k")
+    part.add_argument("--clients", type=int, default=100)
+    part.add_argument("--scheme", choices=SCHEMES, default="iid")
+    part.add_argument("--alpha", type=float, default=0.5)
+    part.add_argument("--shards-per-client", type=int, default=2)
+    part.add_argument("--test-fraction", type=float, default=0.2)
+    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--show", type=int, default=10, help="clients listed in the table")
+    part.add_argument("--plot", help="write a PNG of the label histogram per client")
+    part.add_argument("--json", action="store_true")
+    part.set_defaults(func=cmd_partition)
+
+    plot = sub.add_parser("plot", help="plot test accuracy against rounds for one or more runs")
+    plot.add_argument("runs", nargs="+", help="--out directories (or metrics.jsonl files) of simulations")
+    plot.add_argument("--out", required=True, help="PNG to write")
+    plot.add_argument("--target", type=float, default=None, help="draw a target accuracy line")
+    plot.set_defaults(func=cmd_plot)
+
+
+def config_from_args(args: argparse.Namespace):
+    from federated.dp import DPConfig
+    from federated.server import ServerConfig
+    from federated.simulate import SimulationConfig
+
+    server = ServerConfig(
+        strategy=args.strategy, server_lr=args.server_lr, server_momentum=args.server_momentum, beta1=args.beta1,
+        beta2=args.beta2, tau=args.tau, proximal_mu=args.mu, aggregator=args.aggregator, trim_beta=args.trim_beta,
+        krum_byzantine=args.krum_byzantine, multi_krum_m=args.multi_krum_m, max_update_norm=args.max_update_norm,
+        min_clients=args.min_clients,
+        dp=None if args.dp_clip is None else DPConfig(args.dp_clip, args.dp_noise, args.dp_delta),
+    )
+    return SimulationConfig(
+        model=args.model, data=args.data, clients=args.clients, fraction=args.fraction, local_epochs=args.local_epochs,
+        batch=args.batch, lr=args.lr, rounds=args.rounds, partition=args.partition, alpha=args.alpha,
+        shards_per_client=args.shards_per_client, seed=args.seed, client_shuffle=not args.no_client_shuffle,
+        test_fraction=args.test_fraction, dropout=args.dropout, straggler_prob=args.straggler_prob,
+        straggler_slowdown=args.straggler_slowdown, deadline=args.deadline, compression=args.compression,
+        topk_fraction=args.topk_fraction, byzantine=args.byzantine, byzantine_scale=args.byzantine_scale,
+        eval_every=args.eval_every, engine=args.engine, server=server,
+    )
+
+
+def _fmt_row(row: dict[str, Any]) -> str:
+    acc = f"{row['test_accuracy']:.4f}" if row.get("test_accuracy") is not None else "-"
+    loss = f"{row['train_loss']:.4f}" if row.get("train_loss") is not None else "-"
+    eps = f"  ε {row['epsilon']:.3g}" if row.get("epsilon") is not None else ""
+    refused = "  REFUSED" if row.get("refused") else ""
+    return (f"round {row['round']:>4}  train loss {loss}  test acc {acc}  clients {row['accepted']}/{row['selected']}"
+            f" (dropped {row['dropped']}, late {row['late']}, rejected {len(row['rejected'])})  "
+            f"↓{row['bytes_down'] / 1e6:.2f} MB ↑{row['bytes_up'] / 1e6:.2f} MB  {row['seconds']:.3f}s{eps}{refused}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from federated.errors import ConfigError
+    from federated.simulate import export_model, simulate
+
+    config = config_from_args(args)
+    if args.export_mode and not args.out:
+        raise ConfigError("--export-mode needs --out (the bundle is written under OUT/bundles/)")
+    if not args.json:
+        print(f"simulating {config.server.strategy} on {config.data}/{config.model}: {config.clients} clients "
+              f"({config.partition}), C={config.fraction:g}, E={config.epochs}, B={config.batch_size or 'full'}, "
+              f"lr={config.lr:g}, {config.rounds} rounds, seed {config.seed}" + (f" → {args.out}" if args.out else ""))
+    result = simulate(config, out=args.out, resume=args.resume, progress=not args.json, stop_after=args.stop_after,
+                      on_round=None if args.json else lambda row: print(_fmt_row(row), flush=True))
+    export = None
+    if args.export_mode and len(result.history) == config.rounds:
+        from device.native_log import quiet_native_output
+
+        with quiet_native_output(stdout=False):  # LiteRT's XNNPACK INFO line
+            v = export_model(config, result.final_weights, args.out, args.export_mode)
+        export = {"bundle": str(Path(args.out) / "bundles"), **v.to_json()}
+    last = result.history[-1] if result.history else {}
+    if args.json:
+        print(json.dumps({"config": config.to_json(), "rounds_done": len(result.history), "last": last,
+                          "out": args.out, "export": export}, indent=2, default=str))
+    else:
+        if args.out:
+            print(f"metrics in {Path(args.out) / 'metrics.jsonl'}, plot {Path(args.out) / 'accuracy.png'}")
+        if export:
+            print(f"{args.export_mode} bundle verified and written under {export['bundle']}: "
+                  f"accuracy {100 * export['tflite_accuracy']:.2f}% (Keras {100 * export['keras_accuracy']:.2f}%)")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cloud.data import load_dataset, stratified_split
+    from federated.partition import PartitionConfig, partition, summary
+
+    ds = load_dataset(args.data, args.seed)
+    train, _ = stratified_split(ds, args.test_fraction, args.seed)
+    parts = partition(train.y, PartitionConfig(args.scheme, args.clients, args.alpha, args.shards_per_client, args.seed))
+    s = summary(train.y, parts, len(ds.labels))
+    if args.plot:
+        from federated.plots import plot_partition
+
+        plot_partition(np.asarray(s["histogram"]), args.plot, f"{args.data}: {args.scheme}, {args.clients} clients")
+    if args.json:
+        print(json.dumps({"data": args.data, "scheme": args.scheme, **s}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.data} ({s['samples']} training samples) → {args.clients} clients, {args.scheme}")
+    table.add_column("client")
+    table.add_column("samples", justify="right")
+    for label in ds.labels:
+        table.add_column(label, justify="right")
+    for i, row in enumerate(s["histogram"][: args.show]):
+        table.add_row(str(i), str(sum(row)), *[str(v) if v else "·" for v in row])
+    console = Console()
+    console.print(table)
+    spc, cpc = s["samples_per_client"], s["classes_per_client"]
+    console.print(f"samples per client: min {spc['min']}, median {spc['median']:g}, max {spc['max']}; "
+                  f"classes per client: min {cpc['min']}, median {cpc['median']:g}, max {cpc['max']}"
+                  + (f"; plot: {args.plot}" if args.plot else ""))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from federated.plots import plot_runs
+    from federated.simulate import read_history
+
+    runs = {}
+    for run in args.runs:
+        path = Path(run)
+        label = path.name if path.is_dir() else path.parent.name
+        runs[label if label not in runs else str(path)] = read_history(path)
+    print(f"wrote {plot_runs(runs, args.out, args.target)}")
+    return 0

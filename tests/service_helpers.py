@@ -1,0 +1,93 @@
+"""A real ``edgeloop cloud serve`` process on 127.0.0.1 for integration tests, stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``with ServiceProcess(data_dir) as svc: svc.url`` — start, wait until healthy, always stop."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.data_dir, self.port, self.extra = Path(data_dir), port or free_port(), extra
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
+        with open(self.data_dir / f"serve-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(self.data_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--release-cache", "0", *self.extra],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: "
+                                   + (self.data_dir / f"serve-{self.port}.log").read_text()[-2000:])
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server on {self.url} did not become healthy in {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash or a power cut would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def setup_service(data_dir: Path, devices: tuple[str, ...] = ("dev1",)):
+    """A data dir with a signing key and registered devices; returns (sessions, registry, key, pub_path, tokens)."""
+    from cloud.service.auth import add_device
+    from cloud.service.db import database_url, make_engine, make_sessionmaker
+    from cloud.service.registry import Registry
+    from cloud.signing import keygen, load_private_key
+
+    private, public = keygen(data_dir / "keys")
+    sessions = make_sessionmaker(make_engine(database_url(data_dir, "sqlite:///" + str(data_dir / "edgeloop.sqlite"))))
+    registry = Registry(sessions, data_dir)
+    tokens = {name: add_device(sessions, name) for name in devices}
+    return sessions, registry, load_private_key(private), public, tokens
