@@ -9,6 +9,10 @@ STAMP := $(VENV)/.installed-stamp
 LEGACY_STAMP := $(LEGACY)/.installed-stamp
 DEVICE_ENV := .venv-device
 DEVICE_STAMP := $(DEVICE_ENV)/.installed-stamp
+# The federated device client: the device extra plus Flower (which brings FastAPI/SQLAlchemy for its
+# SuperNode, so it is not .venv-device, whose tests assert neither is installed); still no TensorFlow.
+DEVICE_FL_ENV := .venv-device-fl
+DEVICE_FL_STAMP := $(DEVICE_FL_ENV)/.installed-stamp
 DEMO := demo-out
 
 # Keep every cache inside the repository (CI caches nothing outside it).
@@ -24,7 +28,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.cache/flwr
 
-.PHONY: install legacy device-env lint demo test bench bundles clean serve
+.PHONY: install legacy device-env device-fl-env lint demo test bench bundles clean serve
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,12 +47,19 @@ $(LEGACY_STAMP):
 # A device-only environment (the `device` extra: numpy, LiteRT, Pillow, rich; no TensorFlow).
 $(DEVICE_STAMP): pyproject.toml
 	$(PY) -m venv $(DEVICE_ENV)
-	$(DEVICE_ENV)/bin/python -m pip install -q -e ".[device,device-fl]"
+	$(DEVICE_ENV)/bin/python -m pip install -q -e ".[device]"
 	touch $@
 
 install: $(STAMP)
 
 device-env: $(DEVICE_STAMP)
+
+$(DEVICE_FL_STAMP): pyproject.toml
+	$(PY) -m venv $(DEVICE_FL_ENV)
+	$(DEVICE_FL_ENV)/bin/python -m pip install -q -e ".[device-fl]"
+	touch $@
+
+device-fl-env: $(DEVICE_FL_STAMP)
 
 legacy: $(LEGACY_STAMP)
 
@@ -68,10 +79,10 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-test: install legacy device-env lint
+test: install legacy device-env device-fl-env lint
 	$(BIN)/python -m pytest -q
 
-bench: install legacy device-env
+bench: install legacy device-env device-fl-env
 	$(BIN)/python benchmarks/device_runtime.py
 	nice -n 10 $(BIN)/python benchmarks/federated_sim.py
 	$(BIN)/python benchmarks/fleet_load.py

@@ -124,8 +124,8 @@ def test_three_devices_three_rounds_end_to_end(tmp_path: Path, trainable_bundle:
 
     parts, test = partitions
     out = tmp_path / "e2e"
-    # the devices run in the device-only venv (no TensorFlow installed at all) when make test built it
-    device_python = ROOT / ".venv-device" / "bin" / "python"
+    # the devices run in the device-fl venv (no TensorFlow installed at all) when make test built it
+    device_python = ROOT / ".venv-device-fl" / "bin" / "python"
     python = str(device_python) if device_python.exists() else None
     result = deploy_local(DeployConfig(out=str(out), clients=3, rounds=3, bundle=str(trainable_bundle),
                                        client_python=python))
