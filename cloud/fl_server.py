@@ -267,6 +267,9 @@ class RoundRunner:
 
 
 def _main(grid: Any, context: Any) -> None:
+    from device.fl_client import fast_object_pulls
+
+    fast_object_pulls()  # this ServerApp process pulls every reply's arrays
     config = FLServerConfig.load(context.run_config["edgeloop-config"])
     RoundRunner(config, grid, context).run()
 

@@ -23,6 +23,9 @@ def main() -> int:
     from flwr.supercore.tls import validate_and_resolve_root_certificates
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    from device.fl_client import fast_object_pulls
+
+    fast_object_pulls()
     parser = argparse.ArgumentParser(description="Run a Flower ClientApp (edgeloop's lean launcher)")
     parser.add_argument("--runtime-api-address", dest="runtime_api_address", default=SUPERNODE_DEFAULT_CLIENT_ADDRESS)
     add_args_flwr_app_common(parser=parser)
