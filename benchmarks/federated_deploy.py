@@ -8,8 +8,9 @@ for every device in every round; the variants differ only in that ClientApp:
 * ``litert``: :mod:`device.fl_client`, training inside the .tflite (no TensorFlow);
 * ``keras``: :mod:`benchmarks.fl_keras_baseline`, Flower's usual Keras client, which imports
   TensorFlow in each round's fresh process.
-* ``litert-stock``: the LiteRT client under Flower's stock SuperNode settings (3 s idle poll,
-  Flower's own ``flwr-clientapp`` launcher), to show what edgeloop's SuperNode tuning buys.
+* ``litert-stock``: the LiteRT client under Flower's stock device-side settings (3 s idle poll,
+  1 s SuperExec poll, 1 s object-pull back-off, Flower's own ``flwr-clientapp`` launcher), to show
+  what edgeloop's device-side tuning buys. The server side is the same in every variant.
 
 Seconds per round is the median of the server's per-round wall time (send, train, reply,
 aggregate, checkpoint, bundle). Peak RSS: the ClientApp process (its own ``ru_maxrss``) and the

@@ -95,7 +95,7 @@ def fast_object_pulls(initial_backoff: float = 0.02, backoff_cap: float = 0.5) -
             fn.__kwdefaults__["backoff_cap"] = backoff_cap
 
 
-def _tune_supernode(poll_interval: float, max_backoff: float) -> None:
+def _tune_supernode(poll_interval: float, max_backoff: float, fast_pulls: bool = True) -> None:
     """Two constants of Flower 1.42's SuperNode, for this process only: it sleeps a hard-coded 3 s
     whenever a pull finds no message (alone ~3 s per round), and backs off up to a minute and more
     between reconnection attempts (a device would sit idle long after its server restarted)."""
@@ -109,7 +109,8 @@ def _tune_supernode(poll_interval: float, max_backoff: float) -> None:
     clock.sleep = lambda seconds: real_time.sleep(min(float(seconds), poll_interval))
     sci.time = clock
     http_retry.MAX_RETRY_DELAY = max_backoff
-    fast_object_pulls()
+    if fast_pulls:
+        fast_object_pulls()
 
 
 def supernode_argv(server: str, bundle: Path, data: str, clientappio_port: int, *, root_certificates: str | None,
@@ -140,7 +141,7 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: flo
 
         home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
         install_launcher(home / "edgeloop-bin")
-    _tune_supernode(poll_interval, max_backoff)
+    _tune_supernode(poll_interval, max_backoff, fast_pulls=lean_launcher)  # --stock-clientapp: Flower's pulls too
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = argv
