@@ -2,7 +2,7 @@
 
 Flower 1.42's ``flwr-clientapp`` console script imports ``flwr.supernode.cli``, which loads the
 whole SuperNode (FastAPI, SQLAlchemy, …) before running one ClientApp task: a process that starts
-in 1.41 s instead of 0.82 s and peaks at 144 instead of 127 MB (``benchmarks/federated_deploy.py``,
+in 1.36 s instead of 0.87 s and peaks at 144 instead of 127 MB (``benchmarks/federated_deploy.py``,
 2-core machine). This entry point makes exactly the same
 ``run_clientapp`` call with the same arguments. ``edgeloop device fl-client`` puts it first on
 the SuperNode's PATH (see :func:`install_launcher`).
