@@ -65,16 +65,33 @@ legacy: $(LEGACY_STAMP)
 
 demo: install
 	@rm -rf $(DEMO)
-	@echo "== 1/4 train a CNN on 5,000 real MNIST digits"
+	@echo "== 1/7 train a CNN on 5,000 real MNIST digits"
 	$(BIN)/edgeloop cloud train --model cnn --data mnist5k --epochs 5 --out $(DEMO)/run
-	@echo "== 2/4 export float32, float16, dynamic-range and int8 bundles, each verified against Keras in LiteRT"
+	@echo "== 2/7 export float32, float16, dynamic-range and int8 bundles, each verified against Keras in LiteRT"
 	$(BIN)/edgeloop cloud export $(DEMO)/run --all-modes --out $(DEMO)/bundles
-	@echo "== 3/4 on the device side (no TensorFlow): classify real MNIST test digits with the new int8 bundle"
+	@echo "== 3/7 on the device side (no TensorFlow): classify real MNIST test digits with the new int8 bundle"
 	$(BIN)/edgeloop device predict $(DEMO)/bundles/mnist5k-cnn-int8 models/examples/digit-*.png
-	@echo "== 4/4 the shipped pretrained bundle, and its latency"
+	@echo "== 4/7 the shipped pretrained bundle, and its latency"
 	$(BIN)/edgeloop device predict mnist-cnn-int8 models/examples/digit-7.png --top-k 2
 	$(BIN)/edgeloop device bench mnist-cnn-int8 --runs 300
-	@echo "demo done: run, bundles, export-report.json and export-report.png are in $(DEMO)/"
+	@echo "== 5/7 simulate FedAvg: 100 clients holding 2 digit classes each, 10 per round"
+	$(BIN)/edgeloop federated simulate --model mlp-small --data digits --clients 100 --fraction 0.1 \
+	    --local-epochs 5 --batch 10 --rounds 30 --partition shards --seed 0 --out $(DEMO)/fedsim
+	@echo "== 6/7 real federated rounds: 1 Flower server + 3 device processes training inside the .tflite (LiteRT)"
+	$(BIN)/edgeloop federated deploy-local --clients 3 --rounds 3 --data digits --model mlp-small --out $(DEMO)/fl
+	@echo "== 7/7 the fleet: sign and publish the new int8 bundle; a device agent polls, verifies and swaps it in"
+	@set -e; svc=$(DEMO)/service; \
+	$(BIN)/edgeloop cloud keygen --data-dir $$svc; \
+	token=$$($(BIN)/edgeloop cloud add-device demo-device --data-dir $$svc --json | $(BIN)/python -c 'import json, sys; print(json.load(sys.stdin)["token"])'); \
+	$(BIN)/edgeloop cloud publish $(DEMO)/bundles/mnist5k-cnn-int8 --run $(DEMO)/run --channel stable --data-dir $$svc; \
+	port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	$(BIN)/edgeloop cloud serve --data-dir $$svc --port $$port --log-level warning & server=$$!; \
+	trap 'kill $$server 2>/dev/null || true' EXIT; \
+	$(BIN)/edgeloop device run --server http://127.0.0.1:$$port --token $$token --channel stable --dir $(DEMO)/agent \
+	    --public-key $$svc/keys/signing.pub --initial mnist-cnn-int8 --duration 6; \
+	kill $$server; wait $$server || true; \
+	$(BIN)/edgeloop device predict $(DEMO)/agent models/examples/digit-3.png
+	@echo "demo done: the run, bundles, export report, federated runs, service data and agent are in $(DEMO)/"
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ TensorFlow; ``edgeloop cloud …`` imports TensorFlow only when a command needs 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 GROUPS = {
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeloop: unknown group {args[0]!r}; choose one of {', '.join(GROUPS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(group[0])
-    return int(module.main(args[1:], prog=f"edgeloop {args[0]}") or 0)
+    try:
+        return int(module.main(args[1:], prog=f"edgeloop {args[0]}") or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
