@@ -32,12 +32,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | str,
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_partition(histogram: np.ndarray, path: Path | str, title: str = "") -> Path:
@@ -54,6 +49,11 @@ def plot_partition(histogram: np.ndarray, path: Path | str, title: str = "") -> 
     ax.set_ylabel("samples")
     ax.set_title(title)
     ax.legend(title="label", fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path | str) -> Path:
+    """Write ``fig`` as a PNG (creating the folder) and free it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
