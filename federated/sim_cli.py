@@ -84,7 +84,7 @@ def add_commands(sub: Any) -> None:
     part = sub.add_parser("partition", help="show how a data set splits among clients")
     part.add_argument("--data", default="mnist5k")
     part.add_argument("--clients", type=int, default=100)
-    part.add_argument("--scheme", choices=SCHEMES, default="iid")
+    part.add_argument("--partition", "--scheme", dest="scheme", choices=SCHEMES, default="iid", help="same as simulate's --partition")
     part.add_argument("--alpha", type=float, default=0.5)
     part.add_argument("--shards-per-client", type=int, default=2)
     part.add_argument("--test-fraction", type=float, default=0.2)
