@@ -11,6 +11,8 @@ for every device in every round; the variants differ only in that ClientApp:
 * ``litert-stock``: the LiteRT client under Flower's stock device-side settings (3 s idle poll,
   1 s SuperExec poll, 1 s object-pull back-off, Flower's own ``flwr-clientapp`` launcher), to show
   what edgeloop's device-side tuning buys. The server side is the same in every variant.
+* ``litert-nozygote`` (not run by default): the LiteRT client started as a fresh process by the
+  lean launcher each round instead of forked from the warm zygote (``fl-client --no-zygote``).
 
 Seconds per round is the median of the server's per-round wall time (send, train, reply,
 aggregate, checkpoint, bundle). Peak RSS: the ClientApp process (its own ``ru_maxrss``) and the
@@ -92,7 +94,8 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
     started = time.monotonic()
     try:
         server.start()
-        extra = ["--poll-interval", "3", "--max-backoff", "20", "--task-poll-interval", "1", "--stock-clientapp"] if name == "litert-stock" else []
+        extra = {"litert-stock": ["--poll-interval", "3", "--max-backoff", "20", "--task-poll-interval", "1", "--stock-clientapp"],
+                 "litert-nozygote": ["--no-zygote"]}.get(name, [])
         for i in range(clients):
             procs.append(start_client(server.address, bundle, parts[i], out / "logs" / f"client-{i}.log",
                                       out / "flwr-home" / f"client-{i}", seed=i, extra_args=extra))
@@ -112,7 +115,8 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
     by_kind: dict[str, float] = {}
     for cmd, rss in sampler.peak.values():
         kind = ("supervisor" if "device.fl_client supervise" in cmd else "supernode" if "device.fl_client supernode" in cmd
-                else "superexec" if "superexec" in cmd else "clientapp" if "clientapp" in cmd else "other")
+                else "superexec" if "superexec" in cmd else "clientapp" if "clientapp" in cmd
+                else "zygote" if "fl_zygote" in cmd else "other")
         by_kind[kind] = max(by_kind.get(kind, 0.0), rss)
     return {
         "variant": name,
@@ -133,7 +137,8 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
 
 
 IMPORTS = {
-    # what each round's fresh ClientApp process imports before it can train
+    # what each round's fresh ClientApp process imports before it can train (edgeloop's default, the
+    # zygote, forks an already-warm process instead: zygote_start_seconds)
     "litert (edgeloop lean launcher)": "from flwr.supernode.runtime.run_clientapp import run_clientapp; import device.fl_client",
     "litert (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import device.fl_client",
     "keras (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import tensorflow, keras",
@@ -150,6 +155,32 @@ def import_seconds(code: str, repeats: int = 3) -> float:
         subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True,
                        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def zygote_start_seconds(repeats: int = 3) -> float:
+    """Median wall time of the tiny ``flwr-clientapp`` until a child of a warm zygote has run (and exited)."""
+    import os
+    import subprocess
+
+    from device.fl_zygote import wait_ready, write_client
+
+    with tempfile.TemporaryDirectory(prefix="edgeloop-zyg-") as tmp:
+        sock, client = os.path.join(tmp, "zygote.sock"), os.path.join(tmp, "flwr-clientapp")
+        write_client(client, sock)
+        zygote = subprocess.Popen([sys.executable, "-m", "device.fl_zygote", sock, "--target", "device.fl_zygote:noop"],
+                                  cwd=ROOT, stdin=subprocess.DEVNULL)
+        try:
+            if not wait_ready(sock, 60):
+                raise RuntimeError("the zygote did not start")
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                subprocess.run([client], check=True, cwd=ROOT)
+                times.append(time.perf_counter() - start)
+        finally:
+            zygote.terminate()
+            zygote.wait(timeout=10)
     return statistics.median(times)
 
 
@@ -171,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
     starts = {name: import_seconds(code) for name, code in IMPORTS.items()}
+    starts["litert (edgeloop zygote: fork of a warm process)"] = zygote_start_seconds()
     for name, seconds in starts.items():
         print(f"ClientApp process start + imports, {name}: {seconds:.2f} s")
     results = []

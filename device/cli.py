@@ -131,7 +131,7 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.task_poll_interval)
     # the checks above loaded LiteRT; the long-lived supervisor needs none of it: exec a lean one (same PID)
     settings = {"argv": argv, "poll_interval": args.poll_interval, "max_backoff": args.max_backoff,
-                "lean_launcher": not args.stock_clientapp}
+                "lean_launcher": not args.stock_clientapp, "zygote": not args.no_zygote}
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "device.fl_client", "supervise", json.dumps(settings)])
     return 0  # not reached
@@ -177,6 +177,8 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     p.add_argument("--task-poll-interval", type=float, default=0.05, help="SuperExec poll for new ClientApp tasks, seconds")
     p.add_argument("--stock-clientapp", action="store_true",
                    help="start each round's ClientApp with Flower's own flwr-clientapp (slower, more memory)")
+    p.add_argument("--no-zygote", action="store_true",
+                   help="start each round's ClientApp as a fresh process instead of forking a warm one")
     # fault injection for the fault tests: send NaN or wrong-shape weights, or stall before training
     p.add_argument("--fault", choices=("nan", "wrong-shape", "slow"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--fault-delay", default=None, help=argparse.SUPPRESS)

@@ -1,10 +1,10 @@
 """The device side of real federated rounds: a Flower ClientApp that trains inside the .tflite.
 
 ``edgeloop device fl-client`` runs a Flower SuperNode in a child process it supervises
-(:func:`supervise`); for each round the SuperNode starts a fresh ClientApp process, which loads
-:data:`app` from here. That process imports numpy, LiteRT and Flower, never TensorFlow (each reply
-reports whether it did), so it starts in under a second. The node's own settings (bundle, data)
-travel as Flower ``node_config``.
+(:func:`supervise`); for each round the SuperNode starts a ClientApp process, which loads
+:data:`app` from here: by default a fork of a warm zygote (:mod:`device.fl_zygote`) that has
+already imported numpy, LiteRT and Flower, never TensorFlow (each reply reports whether it did).
+The node's own settings (bundle, data) travel as Flower ``node_config``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def supernode_argv(server: str, bundle: Path, data: str, clientappio_port: int, 
     return argv
 
 
-def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: float = 2.0, lean_launcher: bool = True) -> int:
+def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: float = 2.0, lean_launcher: bool = True,
+                  zygote: str | None = None) -> int:
     """Run a Flower SuperNode in this process (so this PID is the device's) until it is stopped."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)  # the caller's FLWR_SUPEREXEC_TASK_POLL_INTERVAL wins
@@ -140,7 +141,7 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: flo
         from device.fl_clientapp import install_launcher
 
         home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
-        install_launcher(home / "edgeloop-bin")
+        install_launcher(home / "edgeloop-bin", zygote=zygote)
     _tune_supernode(poll_interval, max_backoff, fast_pulls=lean_launcher)  # --stock-clientapp: Flower's pulls too
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
@@ -153,16 +154,26 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: flo
 
 
 def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_launcher: bool = True,
-              max_quick_exits: int = 5, log: Any = print) -> int:
+              max_quick_exits: int = 5, log: Any = print, zygote: bool = True) -> int:
     """Keep this device in the federation: run the SuperNode in a child process and start a new one
     whenever it ends (Flower 1.42's SuperNode exits when its SuperLink restarts and forgets it).
-    The child shares this process group, so stopping this PID's group stops everything."""
+    With the lean launcher, also a warm ClientApp zygote (:mod:`device.fl_zygote`) on a Unix socket
+    in a private temp dir. The children share this process group, so stopping this PID's group
+    stops everything."""
+    import shutil
     import signal
     import subprocess
+    import tempfile
 
+    zygote_proc: subprocess.Popen | None = None
+    sock_dir = sock = None
+    if lean_launcher and zygote:
+        sock_dir = tempfile.mkdtemp(prefix="edgeloop-zygote-")  # 0700
+        sock = os.path.join(sock_dir, "zygote.sock")
+        zygote_proc = subprocess.Popen([sys.executable, "-m", "device.fl_zygote", sock], stdin=subprocess.DEVNULL)
     cmd = [sys.executable, "-m", "device.fl_client", "supernode",
            json.dumps({"argv": argv, "poll_interval": poll_interval, "max_backoff": max_backoff,
-                       "lean_launcher": lean_launcher})]
+                       "lean_launcher": lean_launcher, "zygote": sock})]
     stopping = False
     child: subprocess.Popen | None = None
 
@@ -198,6 +209,15 @@ def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_la
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if zygote_proc is not None:
+            zygote_proc.terminate()
+            try:
+                zygote_proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                zygote_proc.kill()
+                zygote_proc.wait()
+        if sock_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
@@ -207,6 +227,7 @@ if __name__ == "__main__":  # python -m device.fl_client {supervise,supernode} S
     _settings = json.loads(sys.argv[2])
     if sys.argv[1] == "supervise":  # exec'd by `edgeloop device fl-client` once its checks passed
         raise SystemExit(supervise(_settings["argv"], _settings["poll_interval"], _settings["max_backoff"],
-                                   _settings["lean_launcher"], log=lambda m: print(m, flush=True)))
+                                   _settings["lean_launcher"], log=lambda m: print(m, flush=True),
+                                   zygote=_settings.get("zygote", True)))
     raise SystemExit(run_supernode(_settings["argv"], _settings["poll_interval"], _settings["max_backoff"],
-                                   _settings["lean_launcher"]))
+                                   _settings["lean_launcher"], _settings.get("zygote")))

@@ -5,7 +5,8 @@ whole SuperNode (FastAPI, SQLAlchemy, …) before running one ClientApp task: a 
 in 1.36 s instead of 0.87 s and peaks at 144 instead of 127 MB (``benchmarks/federated_deploy.py``,
 2-core machine). This entry point makes exactly the same
 ``run_clientapp`` call with the same arguments. ``edgeloop device fl-client`` puts it first on
-the SuperNode's PATH (see :func:`install_launcher`).
+the SuperNode's PATH (see :func:`install_launcher`); by default as the tiny client of a warm zygote
+(:mod:`device.fl_zygote`), whose forked children run :func:`main`.
 """
 
 from __future__ import annotations
@@ -41,11 +42,19 @@ def main() -> int:
     return 0
 
 
-def install_launcher(bin_dir: Path) -> Path:
-    """Write ``bin_dir/flwr-clientapp`` running :func:`main` with this interpreter; returns ``bin_dir``."""
+def install_launcher(bin_dir: Path, zygote: str | None = None) -> Path:
+    """Write ``bin_dir/flwr-clientapp`` running :func:`main` with this interpreter; returns ``bin_dir``.
+
+    With ``zygote`` (a Unix socket path), the script is :mod:`device.fl_zygote`'s tiny client, which
+    has the warm zygote fork the ClientApp (and falls back to :func:`main` when it is unreachable)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = bin_dir / "flwr-clientapp"
-    script.write_text(f"#!{sys.executable}\nimport sys\nfrom device.fl_clientapp import main\nsys.exit(main())\n")
+    if zygote:
+        from device.fl_zygote import write_client
+
+        write_client(str(script), zygote)
+    else:
+        script.write_text(f"#!{sys.executable}\nimport sys\nfrom device.fl_clientapp import main\nsys.exit(main())\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     os.environ["PATH"] = str(bin_dir) + os.pathsep + os.environ.get("PATH", "")
     return bin_dir
