@@ -153,6 +153,37 @@ def run_supernode(argv: list[str], poll_interval: float = 0.05, max_backoff: flo
     return 0
 
 
+ZYGOTE_DIR_PREFIX = "edgeloop-zygote-"
+
+
+def sweep_stale_zygote_dirs(tmp: str | None = None) -> list[str]:
+    """Remove this user's zygote socket dirs whose zygote is gone (a device SIGKILLed as a whole
+    cannot clean up after itself). A dir whose socket still accepts a connection is kept."""
+    import shutil
+    import socket
+    import tempfile
+
+    removed: list[str] = []
+    root = tmp or tempfile.gettempdir()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not name.startswith(ZYGOTE_DIR_PREFIX) or not os.path.isdir(path) or os.stat(path).st_uid != os.getuid():
+            continue
+        sock_path = os.path.join(path, "zygote.sock")
+        if os.path.exists(sock_path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(sock_path)
+                    continue  # a live zygote
+                except OSError:
+                    pass
+        elif time.time() - os.stat(path).st_mtime < 60:
+            continue  # just made; its zygote may not be listening yet
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_launcher: bool = True,
               max_quick_exits: int = 5, log: Any = print, zygote: bool = True) -> int:
     """Keep this device in the federation: run the SuperNode in a child process and start a new one
@@ -168,7 +199,8 @@ def supervise(argv: list[str], poll_interval: float, max_backoff: float, lean_la
     zygote_proc: subprocess.Popen | None = None
     sock_dir = sock = None
     if lean_launcher and zygote:
-        sock_dir = tempfile.mkdtemp(prefix="edgeloop-zygote-")  # 0700
+        sweep_stale_zygote_dirs()
+        sock_dir = tempfile.mkdtemp(prefix=ZYGOTE_DIR_PREFIX)  # 0700
         sock = os.path.join(sock_dir, "zygote.sock")
         zygote_proc = subprocess.Popen([sys.executable, "-m", "device.fl_zygote", sock], stdin=subprocess.DEVNULL)
     cmd = [sys.executable, "-m", "device.fl_client", "supernode",

@@ -136,3 +136,28 @@ def test_supervisor_starts_and_stops_the_zygote(tmp_path) -> None:
         if sup.poll() is None:
             os.killpg(sup.pid, signal.SIGKILL)
             sup.wait()
+
+
+def test_stale_zygote_dirs_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    """A device SIGKILLed as a whole leaves its socket dir; the next fl-client removes it, never a live one."""
+    import socket
+
+    from device.fl_client import ZYGOTE_DIR_PREFIX, sweep_stale_zygote_dirs
+
+    stale, live, empty_new, other = (tmp_path / f"{ZYGOTE_DIR_PREFIX}{n}" for n in ("stale", "live", "new", "x"))
+    for d in (stale, live, empty_new):
+        d.mkdir()
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale / "zygote.sock"))
+    dead.close()  # the file stays, nobody listens: what a SIGKILL leaves behind
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(live / "zygote.sock"))
+    listening.listen(1)
+    try:
+        removed = sweep_stale_zygote_dirs(str(tmp_path))
+    finally:
+        listening.close()
+    assert removed == [str(stale)]
+    assert not stale.exists() and live.exists() and empty_new.exists() and other.exists()
