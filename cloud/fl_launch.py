@@ -23,8 +23,8 @@ from typing import IO, Any
 from cloud.fl_server import CONFIG_NAME, ROUNDS, FLServerConfig
 from device.errors import EdgeloopError
 from device.fl_client import FLOWER_ENV
+from device.loopback import HOST, free_port
 
-HOST = "127.0.0.1"
 CONNECTION = "edgeloop"
 
 
@@ -47,12 +47,6 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float, alive: Any = None) -> None:

@@ -108,9 +108,9 @@ def cmd_bundles(args: argparse.Namespace) -> int:
 
 def cmd_fl_client(args: argparse.Namespace) -> int:
     import os
-    import socket
 
     from device.fl_client import supernode_argv
+    from device.loopback import free_port
     from device.native_log import quiet_native_output
     from device.trainer import DeviceTrainer, load_local_data
 
@@ -118,11 +118,7 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
     with quiet_native_output(stdout=False):
         trainer = DeviceTrainer(bundle)  # fails now, with a clear message, for a non-trainable bundle
     data = load_local_data(args.data, trainer.manifest)
-    port = args.clientappio_port
-    if not port:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = args.clientappio_port or free_port()
     fault_options = {k: v for k, v in (("delay", args.fault_delay), ("marker", args.fault_marker)) if v}
     argv = supernode_argv(args.server, bundle, str(args.data), port, root_certificates=args.root_certificates,
                           seed=args.seed, fault=args.fault, fault_options=fault_options)
