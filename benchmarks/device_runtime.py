@@ -82,9 +82,9 @@ WORKER_SOURCE = r'''
 import json, os, sys, traceback
 from importlib import metadata
 import numpy as np
-from device.bench import time_calls
-from device.bundle import read_manifest
-from device.preprocess import input_transform
+from device.runtime.bench import time_calls
+from device.runtime.bundle import read_manifest
+from device.runtime.preprocess import input_transform
 
 MARK = "@@bench "
 CONFIG = json.loads(sys.argv[1])
@@ -330,7 +330,7 @@ class Series:
 def raw_image() -> np.ndarray:
     """A real MNIST test digit as a device would read it: uint8 pixels, (28, 28, 1)."""
     from device import read_manifest
-    from device.images import read_image
+    from device.runtime.images import read_image
 
     return read_image(EXAMPLE_IMAGE, read_manifest(BUNDLES["int8"]).input.shape)
 
@@ -623,7 +623,7 @@ def machine_info(worker_versions: dict[str, dict[str, str]]) -> dict[str, Any]:
 
 
 def latency_json(series: dict[tuple[str, str], Series]) -> dict[str, dict[str, Any]]:
-    from device.bench import latency_summary
+    from device.runtime.bench import latency_summary
 
     out: dict[str, dict[str, Any]] = {}
     for (bundle, key), s in series.items():

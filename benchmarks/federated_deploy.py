@@ -5,7 +5,7 @@ Every variant runs the same rounds in the same way: one SuperLink + ServerApp on
 digits, ``mlp-small``, SGD, batch 32, one local epoch. Flower starts a fresh ClientApp process
 for every device in every round; the variants differ only in that ClientApp:
 
-* ``litert``: :mod:`device.fl_client`, training inside the .tflite (no TensorFlow);
+* ``litert``: :mod:`device.fl.client`, training inside the .tflite (no TensorFlow);
 * ``keras``: :mod:`benchmarks.fl_keras_baseline`, Flower's usual Keras client, which imports
   TensorFlow in each round's fresh process.
 * ``litert-stock``: the LiteRT client under Flower's stock device-side settings (3 s idle poll,
@@ -79,8 +79,8 @@ class RssSampler:
 
 
 def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[Path], test: Path, work: Path) -> dict[str, Any]:
-    from cloud.fl_launch import FlowerServer, start_client
-    from cloud.fl_server import FLServerConfig
+    from cloud.fl.launch import FlowerServer, start_client
+    from cloud.fl.server import FLServerConfig
 
     out = work / f"{name}-{clients}"
     config = FLServerConfig(out=str(out), bundle=str(bundle), rounds=rounds, min_clients=clients,
@@ -114,7 +114,7 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
     device_rss = [rss for _, rss in sampler.peak.values()]
     by_kind: dict[str, float] = {}
     for cmd, rss in sampler.peak.values():
-        kind = ("supervisor" if "device.fl_client supervise" in cmd else "supernode" if "device.fl_client supernode" in cmd
+        kind = ("supervisor" if "device.fl.client supervise" in cmd else "supernode" if "device.fl.client supernode" in cmd
                 else "superexec" if "superexec" in cmd else "clientapp" if "clientapp" in cmd
                 else "zygote" if "fl_zygote" in cmd else "other")
         by_kind[kind] = max(by_kind.get(kind, 0.0), rss)
@@ -139,8 +139,8 @@ def run_variant(name: str, clients: int, rounds: int, bundle: Path, parts: list[
 IMPORTS = {
     # what each round's fresh ClientApp process imports before it can train (edgeloop's default, the
     # zygote, forks an already-warm process instead: zygote_start_seconds)
-    "litert (edgeloop lean launcher)": "from flwr.supernode.runtime.run_clientapp import run_clientapp; import device.fl_client",
-    "litert (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import device.fl_client",
+    "litert (edgeloop lean launcher)": "from flwr.supernode.runtime.run_clientapp import run_clientapp; import device.fl.client",
+    "litert (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import device.fl.client",
     "keras (Flower's flwr-clientapp)": "import flwr.supernode.cli.flwr_clientapp; import tensorflow, keras",
 }
 
@@ -163,12 +163,12 @@ def zygote_start_seconds(repeats: int = 3) -> float:
     import os
     import subprocess
 
-    from device.fl_zygote import wait_ready, write_client
+    from device.fl.zygote import wait_ready, write_client
 
     with tempfile.TemporaryDirectory(prefix="edgeloop-zyg-") as tmp:
         sock, client = os.path.join(tmp, "zygote.sock"), os.path.join(tmp, "flwr-clientapp")
         write_client(client, sock)
-        zygote = subprocess.Popen([sys.executable, "-m", "device.fl_zygote", sock, "--target", "device.fl_zygote:noop"],
+        zygote = subprocess.Popen([sys.executable, "-m", "device.fl.zygote", sock, "--target", "device.fl.zygote:noop"],
                                   cwd=ROOT, stdin=subprocess.DEVNULL)
         try:
             if not wait_ready(sock, 60):
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cloud.export import load_run
-    from cloud.fl_launch import DeployConfig, prepare_data
-    from cloud.train import TrainConfig, train
-    from cloud.trainable import TrainableConfig, export_trainable
+    from cloud.export.exporter import load_run
+    from cloud.export.trainable import TrainableConfig, export_trainable
+    from cloud.fl.launch import DeployConfig, prepare_data
+    from cloud.train.training import TrainConfig, train
 
     plan = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
     starts = {name: import_seconds(code) for name, code in IMPORTS.items()}

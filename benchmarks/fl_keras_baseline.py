@@ -25,7 +25,7 @@ def train(msg: Message, context: Context) -> Message:
     import keras
     import numpy as np
 
-    from device.bundle import read_manifest
+    from device.runtime.bundle import read_manifest
     from models.registry import get_model
 
     manifest = read_manifest(context.node_config["bundle"])

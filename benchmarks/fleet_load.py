@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "fleet_load.json"
 
-from device.loopback import free_port  # noqa: E402  (after the sys.path line)
+from device.fl.loopback import free_port  # noqa: E402  (after the sys.path line)
 
 
 def pg_bin(name: str) -> str | None:
@@ -175,10 +175,10 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
     import psutil
     from sqlalchemy import func, select
 
+    from cloud.release.signing import keygen, load_private_key
     from cloud.service.auth import add_device
     from cloud.service.db import Sample, database_url, make_engine, make_sessionmaker
     from cloud.service.registry import Registry
-    from cloud.signing import keygen, load_private_key
 
     data = Path(tempfile.mkdtemp(prefix=f"edgeloop-load-{name}-"))
     try:

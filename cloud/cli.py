@@ -21,7 +21,7 @@ def _quiet_tf() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cloud.train import TrainConfig, train
+    from cloud.train.training import TrainConfig, train
 
     config = TrainConfig(
         model=args.model,
@@ -51,15 +51,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from device.native_log import quiet_native_output
+    from device.runtime.native_log import quiet_native_output
 
     with quiet_native_output(stdout=False):  # LiteRT's XNNPACK INFO line; replayed if export fails
         return _export(args)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cloud.export import ExportConfig, export_all_modes, export_bundle, load_run
-    from cloud.report import plot_accuracy_vs_size, print_table, write_json
+    from cloud.export.exporter import ExportConfig, export_all_modes, export_bundle, load_run
+    from cloud.export.report import plot_accuracy_vs_size, print_table, write_json
 
     run = load_run(args.run)
     if args.trainable:
@@ -95,7 +95,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_trainable(args: argparse.Namespace, run) -> int:
-    from cloud.trainable import TrainableConfig, export_trainable
+    from cloud.export.trainable import TrainableConfig, export_trainable
 
     config = TrainableConfig(optimizer=args.train_optimizer, learning_rate=args.train_lr, train_batch=args.train_batch)
     target = Path(args.out) if args.out else run.run_dir / "bundles" / (args.name or f"{Path(run.config.data).stem}-{run.config.model}-trainable")
@@ -126,7 +126,7 @@ def _core_args(p: argparse.ArgumentParser) -> None:
 
 
 def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
-    from cloud.fl_server import FLServerConfig
+    from cloud.fl.server import FLServerConfig
 
     core = {"strategy": args.strategy, "aggregator": args.aggregator, "server_lr": args.server_lr,
             "max_update_norm": args.max_update_norm}
@@ -140,7 +140,8 @@ def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
 
 
 def cmd_fl_server(args: argparse.Namespace) -> int:
-    from cloud.fl_launch import TLS, FlowerServer, terminate_as_interrupt
+    from cloud.fl.launch import FlowerServer, terminate_as_interrupt
+    from cloud.fl.tls import TLS
 
     config = fl_server_config(args, str(Path(args.out).resolve()), str(Path(args.bundle).resolve()))
     tls = None
@@ -186,15 +187,15 @@ def _print_rounds(result: dict, as_json: bool, out: Path) -> None:
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
-    from cloud.ship import ShipConfig, ship_bundles
+    from cloud.export.ship import ShipConfig, ship_bundles
 
     ship_bundles(ShipConfig(epochs=args.epochs, seed=args.seed), Path(args.run))
     return 0
 
 
 def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
-    from cloud.train import OPTIMIZERS
-    from device.bundle import MODES
+    from cloud.train.training import OPTIMIZERS
+    from device.runtime.bundle import MODES
 
     parser = argparse.ArgumentParser(prog=prog, description="Train Keras models and export verified TFLite bundles.")
     sub = parser.add_subparsers(dest="command", required=True)

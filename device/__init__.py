@@ -5,7 +5,6 @@
 >>> rt.classify(image)[0].label                           # doctest: +SKIP
 """
 
-from device.bundle import Manifest, read_manifest
 from device.errors import (
     BundleError,
     EdgeloopError,
@@ -14,7 +13,8 @@ from device.errors import (
     IntegrityError,
     InterpreterUnavailableError,
 )
-from device.runtime import Prediction, Runtime
+from device.runtime.bundle import Manifest, read_manifest
+from device.runtime.runtime import Prediction, Runtime
 
 __all__ = [
     "BundleError",

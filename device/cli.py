@@ -8,39 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from device.errors import EdgeloopError
-
-
-def resolve_bundle(spec: str) -> Path:
-    """A path as given, an agent directory (its current bundle), or a shipped bundle's name (``mnist-cnn-int8``)."""
-    path = Path(spec)
-    if (path / "current" / "manifest.json").is_file():  # an agent directory: its current model
-        return (path / "current").resolve()
-    if path.exists() or "/" in spec or spec.endswith(".tflite"):
-        return path
-    try:
-        from models import bundles
-    except ImportError:  # pragma: no cover - models is part of the same distribution
-        return path
-    try:
-        return bundles.path(spec)
-    except KeyError as exc:
-        raise EdgeloopError(f"{spec}: no such file or directory, and {exc.args[0]}") from None
+from device.runtime.resolve import resolve_bundle
 
 
 def _runtime(args: argparse.Namespace) -> Any:
-    from device.native_log import quiet_native_output
-    from device.runtime import Runtime
+    from device.runtime.native_log import quiet_native_output
+    from device.runtime.runtime import Runtime
 
     with quiet_native_output(stdout=False):  # LiteRT's "Created XNNPACK delegate" INFO line
         return Runtime(resolve_bundle(args.bundle), num_threads=args.threads)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from device.images import read_input
+    from device.runtime.images import read_input
 
     runtime = _runtime(args)
     results: list[dict[str, Any]] = []
@@ -70,7 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from device.bench import latency_summary, random_raw_input, time_calls
+    from device.runtime.bench import latency_summary, random_raw_input, time_calls
 
     runtime = _runtime(args)
     x = random_raw_input((args.batch, *runtime.input_spec.shape), runtime.input_spec.raw_dtype, seed=0)
@@ -109,10 +92,10 @@ def cmd_bundles(args: argparse.Namespace) -> int:
 def cmd_fl_client(args: argparse.Namespace) -> int:
     import os
 
-    from device.fl_client import supernode_argv
-    from device.loopback import free_port
-    from device.native_log import quiet_native_output
-    from device.trainer import DeviceTrainer, load_local_data
+    from device.fl.client import supernode_argv
+    from device.fl.loopback import free_port
+    from device.fl.trainer import DeviceTrainer, load_local_data
+    from device.runtime.native_log import quiet_native_output
 
     bundle = resolve_bundle(args.bundle)
     with quiet_native_output(stdout=False):
@@ -129,7 +112,7 @@ def cmd_fl_client(args: argparse.Namespace) -> int:
     settings = {"argv": argv, "poll_interval": args.poll_interval, "max_backoff": args.max_backoff,
                 "lean_launcher": not args.stock_clientapp, "zygote": not args.no_zygote}
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "device.fl_client", "supervise", json.dumps(settings)])
+    os.execv(sys.executable, [sys.executable, "-m", "device.fl.client", "supervise", json.dumps(settings)])
     return 0  # not reached
 
 
@@ -184,7 +167,7 @@ def build_parser(prog: str = "edgeloop device") -> argparse.ArgumentParser:
     p = sub.add_parser("bundles", help="list the pretrained bundles shipped with edgeloop")
     p.set_defaults(func=cmd_bundles)
 
-    from device.agent_cli import register as register_agent  # edgeloop device run
+    from device.agent.cli import register as register_agent  # edgeloop device run
 
     register_agent(sub)
     return parser

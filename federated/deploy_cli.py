@@ -11,7 +11,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
     from cloud.cli import _print_rounds, _quiet_tf, fl_server_config
 
     _quiet_tf()
-    from cloud.fl_launch import DeployConfig, deploy_local
+    from cloud.fl.launch import DeployConfig, deploy_local
 
     out = str(Path(args.out).resolve())
     config = DeployConfig(out=out, clients=args.clients, rounds=args.rounds, min_clients=args.min_clients,

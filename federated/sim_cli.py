@@ -150,7 +150,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       on_round=None if args.json else lambda row: print(_fmt_row(row), flush=True))
     export = None
     if args.export_mode and len(result.history) == config.rounds:
-        from device.native_log import quiet_native_output
+        from device.runtime.native_log import quiet_native_output
 
         with quiet_native_output(stdout=False):  # LiteRT's XNNPACK INFO line
             v = export_model(config, result.final_weights, args.out, args.export_mode)
@@ -171,7 +171,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cloud.data import load_dataset, stratified_split
+    from cloud.train.data import load_dataset, stratified_split
     from federated.partition import PartitionConfig, partition, summary
 
     ds = load_dataset(args.data, args.seed)

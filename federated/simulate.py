@@ -173,7 +173,7 @@ class _Setup:
 
 
 def _setup(config: SimulationConfig) -> _Setup:
-    from cloud.data import load_dataset, stratified_split
+    from cloud.train.data import load_dataset, stratified_split
 
     ds = load_dataset(config.data, config.seed)
     train, test = stratified_split(ds, config.test_fraction, config.seed)
@@ -329,15 +329,15 @@ def read_history(run_dir: Path | str) -> list[dict[str, Any]]:
 
 def export_model(config: SimulationConfig, weights: Weights, out_dir: Path | str, mode: str = "int8",
                  name: str | None = None) -> Any:
-    """Export global ``weights`` as a verified device bundle through :func:`cloud.export.export_bundle`.
+    """Export global ``weights`` as a verified device bundle through :func:`cloud.export.exporter.export_bundle`.
 
     Writes ``OUT/model.keras`` and ``OUT/bundles/<name>``; returns the export's ``Verification``.
     """
     import keras
 
-    from cloud.data import load_dataset, stratified_split
-    from cloud.export import ExportConfig, TrainedRun, export_bundle, keras_logits
-    from cloud.train import Splits, TrainConfig
+    from cloud.export.exporter import ExportConfig, TrainedRun, export_bundle, keras_logits
+    from cloud.train.data import load_dataset, stratified_split
+    from cloud.train.training import Splits, TrainConfig
     from federated.tf_clients import build_model
 
     out = Path(out_dir)

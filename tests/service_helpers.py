@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from device.loopback import free_port
+from device.fl.loopback import free_port
 from tests.conftest import ROOT
 
 
@@ -75,10 +75,10 @@ class ServiceProcess:
 
 def setup_service(data_dir: Path, devices: tuple[str, ...] = ("dev1",)):
     """A data dir with a signing key and registered devices; returns (sessions, registry, key, pub_path, tokens)."""
+    from cloud.release.signing import keygen, load_private_key
     from cloud.service.auth import add_device
     from cloud.service.db import database_url, make_engine, make_sessionmaker
     from cloud.service.registry import Registry
-    from cloud.signing import keygen, load_private_key
 
     private, public = keygen(data_dir / "keys")
     sessions = make_sessionmaker(make_engine(database_url(data_dir, "sqlite:///" + str(data_dir / "edgeloop.sqlite"))))

@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from cloud.signing import keygen
+    from cloud.release.signing import keygen
 
     out = Path(args.out) if args.out else Path(args.data_dir) / "keys"
     private, public = keygen(out, overwrite=args.force)
@@ -63,13 +63,13 @@ def cmd_add_device(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from cloud.signing import load_private_key
+    from cloud.release.signing import load_private_key
 
     _, registry = open_registry(args)
     key = load_private_key(_key_path(args))
     bundle = Path(args.bundle)
     accuracy = args.accuracy
-    from device.native_log import quiet_native_output
+    from device.runtime.native_log import quiet_native_output
 
     with quiet_native_output(stdout=False):  # LiteRT's XNNPACK line while the canary is computed
         release = registry.publish(bundle, args.channel, key, accuracy=accuracy,
@@ -106,8 +106,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from cloud.retrain import RetrainConfig, retrain
-    from cloud.signing import load_private_key
+    from cloud.release.signing import load_private_key
+    from cloud.service.retrain import RetrainConfig, retrain
 
     sessions, registry = open_registry(args)
     config = RetrainConfig(channel=args.channel, target_channel=args.target, epochs=args.epochs,

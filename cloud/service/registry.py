@@ -19,9 +19,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.service.db import ChannelEntry, Version
-from device.bundle import MANIFEST_NAME, read_manifest, write_bundle
+from device.agent.updater import BUNDLE_FILES
 from device.errors import EdgeloopError
-from device.updater import BUNDLE_FILES
+from device.runtime.bundle import MANIFEST_NAME, read_manifest, write_bundle
 
 SOURCE_DIR = "source"  # model.keras + config.json of the run a version came from, for retraining
 
@@ -73,8 +73,8 @@ class Registry:
         must pass the same health check a device runs, unless ``check_canary`` is off (tests of the
         device's rollback). ``signing_key`` None publishes an unsigned bundle, which devices refuse.
         """
-        from cloud.signing import public_raw
-        from device.verify_signature import key_id
+        from cloud.release.signing import public_raw
+        from device.agent.verify_signature import key_id
 
         src = Path(bundle_dir)
         manifest = read_manifest(src)
@@ -110,9 +110,9 @@ class Registry:
                      source_run: Path | None, canary_samples: int) -> None:
         from dataclasses import replace
 
-        from cloud.canary import write_canary
-        from cloud.signing import sign_bundle
-        from device.verify_signature import CANARY_NAME
+        from cloud.release.canary import write_canary
+        from cloud.release.signing import sign_bundle
+        from device.agent.verify_signature import CANARY_NAME
 
         shutil.rmtree(target, ignore_errors=True)
         write_bundle(target, model, replace(manifest, version=str(vid)))
@@ -208,8 +208,8 @@ class Registry:
 
 
 def _check_canary(bundle: Path) -> None:
-    from device.health import check_health, read_canary
-    from device.runtime import Runtime
+    from device.agent.health import check_health, read_canary
+    from device.runtime.runtime import Runtime
 
     report = check_health(Runtime(bundle), read_canary(bundle))
     if not report.healthy:

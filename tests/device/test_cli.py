@@ -12,7 +12,7 @@ from tests.conftest import EXAMPLES, ROOT, SHIPPED, run_cli
 
 
 def test_predict_json_on_images_and_npy(tmp_path) -> None:
-    from device.images import read_image
+    from device.runtime.images import read_image
 
     batch = np.stack([read_image(EXAMPLES / f"digit-{i}.png", (28, 28, 1)) for i in (3, 5)])
     np.save(tmp_path / "two.npy", batch)

@@ -31,7 +31,7 @@ print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))
     "body",
     [
         "import device",
-        "import device.cli, device.images, device.bench, edgeloop",
+        "import device.cli, device.runtime.images, device.runtime.bench, edgeloop",
         # a whole prediction, through the CLI entry point
         f"import device.cli; device.cli.main(['predict', 'mnist-cnn-int8', r'{EXAMPLES / 'digit-1.png'}', '--json'])",
     ],

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from device.agent import Agent, AgentConfig
-from device.collector import CollectionPolicy
+from device.agent.agent import Agent, AgentConfig
+from device.agent.collector import CollectionPolicy
 from tests.conftest import ROOT, SHIPPED
 from tests.service_helpers import ServiceProcess, setup_service
 
@@ -134,7 +134,8 @@ def test_bad_updates_are_rejected_and_the_old_model_stays(fleet, tmp_path: Path,
             _flip(blob / "model.tflite", 4000)
         else:
             manifest = json.loads((blob / "manifest.json").read_text())
-            manifest["output"]["labels"][0], manifest["output"]["labels"][1] = "1", "0"
+            labels = manifest["outputs"][0]["labels"]  # the registry writes edgeloop-bundle/2
+            labels[0], labels[1] = "1", "0"
             (blob / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if attack != "corrupted in transit":  # else the announced sha256 no longer matches the download
             registry.rehash_files(bad.version)  # a compromised server announces the tampered files' own hashes
@@ -159,7 +160,7 @@ def test_failed_health_check_rolls_back(fleet, tmp_path: Path) -> None:
     assert agent.check_for_update() == "updated"
     serving, link = agent.runtime, agent.store.current()
     # a correctly signed bundle whose model does not behave as its canary says (e.g. a broken converter)
-    from device.runtime import Runtime
+    from device.runtime.runtime import Runtime
 
     broken = tmp_path / "broken"
     shutil.copytree(SHIPPED / "mnist-cnn-float32", broken)

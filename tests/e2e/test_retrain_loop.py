@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.agent import Agent, AgentConfig
-from device.collector import CollectionPolicy
+from device.agent.agent import Agent, AgentConfig
+from device.agent.collector import CollectionPolicy
 from tests.conftest import SHIPPED, run_cli
 from tests.service_helpers import ServiceProcess, setup_service
 
@@ -25,8 +25,8 @@ CONFIG = {"model": "mlp", "data": "mnist5k", "epochs": 2, "patience": None, "see
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLP trained 2 epochs on MNIST-5k, with its float32 bundle in RUN/bundle."""
-    from cloud.export import ExportConfig, export_bundle, load_run
-    from cloud.train import TrainConfig, train
+    from cloud.export.exporter import ExportConfig, export_bundle, load_run
+    from cloud.train.training import TrainConfig, train
 
     run = tmp_path_factory.mktemp("mlp-run")
     train(TrainConfig(**CONFIG), run, progress=False)
@@ -35,7 +35,7 @@ def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_collect_retrain_publish_update_improves_accuracy_on_a_shifted_distribution(mlp_run: Path, tmp_path: Path) -> None:
-    from cloud.train import TrainConfig, make_splits
+    from cloud.train.training import TrainConfig, make_splits
 
     config = TrainConfig(**CONFIG)
     data = tmp_path / "svc"
@@ -84,10 +84,10 @@ def test_collect_retrain_publish_update_improves_accuracy_on_a_shifted_distribut
 
 def test_a_retrained_model_that_is_worse_is_not_published(mlp_run: Path, tmp_path: Path) -> None:
     """The gate: a fine-tune that wrecks the model (learning rate 30) loses held-out accuracy, so nothing is published."""
-    from cloud.retrain import RetrainConfig, retrain
     from cloud.service.ingest import BatchIn, store_batch
-    from cloud.train import TrainConfig, make_splits
-    from device.collector import encode_input
+    from cloud.service.retrain import RetrainConfig, retrain
+    from cloud.train.training import TrainConfig, make_splits
+    from device.agent.collector import encode_input
 
     sessions, registry, key, _, _ = setup_service(tmp_path / "svc", ("cam",))
     v1 = registry.publish(mlp_run / "bundle", "stable", key, source_run=mlp_run)

@@ -56,7 +56,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def partitions(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
-    from cloud.fl_launch import DeployConfig, prepare_data
+    from cloud.fl.launch import DeployConfig, prepare_data
 
     out = tmp_path_factory.mktemp("fl-data")
     return prepare_data(DeployConfig(out=str(out), clients=4), out)
@@ -66,8 +66,8 @@ class Deployment:
     """A FlowerServer and device processes, all stopped by PID on close."""
 
     def __init__(self, out: Path, bundle: Path, **server_kwargs) -> None:
-        from cloud.fl_launch import FlowerServer
-        from cloud.fl_server import FLServerConfig
+        from cloud.fl.launch import FlowerServer
+        from cloud.fl.server import FLServerConfig
 
         self.out = out
         self.bundle = bundle
@@ -81,13 +81,13 @@ class Deployment:
         self.pids += [self.server.superlink.pid, self.server.run.pid]
 
     def restart_server(self) -> None:
-        from cloud.fl_launch import FlowerServer
+        from cloud.fl.launch import FlowerServer
 
         self.server = FlowerServer(self.config, port=self.server.port)
         self.start_server()
 
     def add_client(self, data: Path, **kwargs):
-        from cloud.fl_launch import start_client
+        from cloud.fl.launch import start_client
 
         i = len(self.clients)
         proc = start_client(self.server.address, self.bundle, data, self.out / "logs" / f"client-{i}.log",
@@ -119,7 +119,7 @@ def deployment(tmp_path: Path, trainable_bundle: Path) -> Iterator:
 
 def test_three_devices_three_rounds_end_to_end(tmp_path: Path, trainable_bundle: Path, partitions) -> None:
     """deploy_local: accuracy rises, the final bundle loads in device.Runtime, no client imports TensorFlow."""
-    from cloud.fl_launch import DeployConfig, deploy_local
+    from cloud.fl.launch import DeployConfig, deploy_local
     from device import Runtime
 
     parts, test = partitions
@@ -187,7 +187,7 @@ def test_client_killed_mid_round_round_completes_and_dropout_is_recorded(deploym
 
 
 def test_server_killed_between_rounds_resumes_without_losing_a_round(deployment, partitions) -> None:
-    from cloud.fl_launch import read_rounds
+    from cloud.fl.launch import read_rounds
 
     parts, _ = partitions
     d = deployment(rounds=3, min_clients=2, round_timeout_s=15, clients_wait_s=60)
@@ -221,7 +221,7 @@ def test_fl_client_refuses_a_non_trainable_bundle(tmp_path: Path) -> None:
 
 
 def test_device_fl_modules_import_no_tensorflow() -> None:
-    code = ("import sys, json, device.fl_client, device.fl_clientapp, device.trainer, device.reweight\n"
+    code = ("import sys, json, device.fl.client, device.fl.clientapp, device.fl.trainer, device.fl.reweight\n"
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -233,7 +233,7 @@ def test_device_fl_modules_import_no_tensorflow() -> None:
 
 def test_tls_deployment(tmp_path: Path, trainable_bundle: Path) -> None:
     """With --tls the SuperLink serves HTTPS only; devices verify it with the CA and train."""
-    from cloud.fl_launch import DeployConfig, deploy_local
+    from cloud.fl.launch import DeployConfig, deploy_local
 
     out = tmp_path / "tls"
     result = deploy_local(DeployConfig(out=str(out), clients=2, rounds=1, bundle=str(trainable_bundle), tls=True))
@@ -244,8 +244,8 @@ def test_tls_deployment(tmp_path: Path, trainable_bundle: Path) -> None:
 
 def test_secure_aggregation_reveals_only_the_mean(tmp_path: Path, trainable_bundle: Path) -> None:
     """SecAgg+ rounds: the unmasked sum equals plain FedAvg of the same local training (same seeds)."""
-    from cloud.fl_launch import DeployConfig, deploy_local
-    from cloud.fl_server import FLServerConfig
+    from cloud.fl.launch import DeployConfig, deploy_local
+    from cloud.fl.server import FLServerConfig
     from federated import load_state
 
     runs = {}
@@ -265,7 +265,7 @@ def test_secure_aggregation_reveals_only_the_mean(tmp_path: Path, trainable_bund
 
 
 def test_secure_aggregation_refuses_robust_aggregators() -> None:
-    from cloud.fl_server import FLServerConfig
+    from cloud.fl.server import FLServerConfig
 
     with pytest.raises(ValueError, match="only the mean"):
         FLServerConfig(out="x", bundle="y", secure_aggregation=True, core={"aggregator": "median"})

@@ -236,7 +236,7 @@ def test_cli_simulate_exports_a_verified_bundle_and_plots(tmp_path) -> None:
 
 
 def test_cli_partition_json() -> None:
-    from cloud.data import load_dataset, stratified_split
+    from cloud.train.data import load_dataset, stratified_split
     from tests.conftest import run_cli
 
     res = run_cli("federated", "partition", "--data", "digits", "--clients", "30", "--scheme", "shards", "--json")

@@ -1,0 +1,1 @@
+"""Export: Keras to TFLite conversion, quantization, verification against Keras, trainable export, reports."""

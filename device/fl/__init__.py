@@ -1,0 +1,1 @@
+"""Federated learning on the device: training inside the .tflite (LiteRT), the Flower SuperNode/ClientApp and its zygote."""

@@ -1,0 +1,1 @@
+"""The inference runtime: the bundle format, interpreter choice, preprocessing, images, latency and ``Runtime``."""
