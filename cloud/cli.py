@@ -21,11 +21,12 @@ def _quiet_tf() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cloud.train.training import TrainConfig, train
+    from cloud.train.data import parse_image_size
+    from cloud.train.training import TrainConfig, absolute_data, train
 
     config = TrainConfig(
         model=args.model,
-        data=args.data,
+        data=absolute_data(args.data),
         optimizer=args.optimizer,
         learning_rate=args.lr,
         batch_size=args.batch_size,
@@ -34,13 +35,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         min_delta=args.min_delta,
         seed=args.seed,
+        image_size=parse_image_size(args.image_size) if args.image_size else None,
+        color=args.color,
+        label_column=args.label_column,
     )
     out = Path(args.out or f"runs/{Path(config.data).stem}-{config.model}")
-    if not args.json:
-        print(f"training {config.model} on {config.data} → {out}  "
+
+    def announce(splits) -> None:  # after the model and the data have been checked, before anything is written
+        if args.json:
+            return
+        if splits.train.note:
+            print(f"data {splits.train.note}")
+        print(f"training {config.model} on {args.data} → {out}  "
               f"(optimizer {config.optimizer} lr {config.lr:g}, batch {config.batch_size}×{config.accumulate}, "
-              f"{config.epochs} epochs, seed {config.seed})")
-    metrics = train(config, out, resume=args.resume, progress=not args.json, stop_after=args.stop_after)
+              f"{config.epochs} epochs, seed {config.seed})", flush=True)
+
+    metrics = train(config, out, resume=args.resume, progress=not args.json, stop_after=args.stop_after,
+                    announce=announce)
     if args.json:
         print(json.dumps({"run": str(out), **metrics}, indent=2))
     elif metrics["finished"]:
@@ -57,15 +68,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export(args)
 
 
+def _source_options(args: argparse.Namespace):
+    from cloud.export.source import SourceOptions, parse_preprocess
+    from cloud.train.data import parse_image_size
+
+    return SourceOptions(
+        data=args.data, labels=args.labels, task=args.task,
+        preprocess=parse_preprocess(args.preprocess) if args.preprocess else None,
+        image_size=parse_image_size(args.image_size) if args.image_size else None,
+        color=args.color, label_column=args.label_column,
+    )
+
+
 def _export(args: argparse.Namespace) -> int:
     from cloud.export.exporter import ExportConfig, export_all_modes, export_bundle, load_run
     from cloud.export.report import plot_accuracy_vs_size, print_table, write_json
 
-    run = load_run(args.run)
+    if args.io is not None and not args.all_modes and args.mode != "int8":
+        raise ValueError(f"--io sets the tensor type of an int8 export; --mode is {args.mode}")
+    config = ExportConfig(mode=args.mode, compat=args.compat, name=args.name, version=args.version,
+                          created=args.created, io=args.io, metadata=not args.no_metadata)
+    run = load_run(args.run, _source_options(args))
+    if not args.json:
+        for note in run.notes:
+            print(note)
     if args.trainable:
         return _export_trainable(args, run)
-    config = ExportConfig(mode=args.mode, compat=args.compat, name=args.name, version=args.version,
-                          created=args.created)
     out_root = Path(args.out or (run.run_dir / "bundles"))
     if not args.all_modes:
         target = Path(args.out) if args.out else out_root / config.bundle_name(run.config)
@@ -73,17 +101,20 @@ def _export(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"bundle": str(target), **verification.to_json()}, indent=2, default=str))
         else:
-            print(f"{config.mode} bundle verified and written to {target}: "
-                  f"{verification.size_bytes / 1024:.1f} KiB, accuracy {100 * verification.tflite_accuracy:.2f}% "
-                  f"(Keras {100 * verification.keras_accuracy:.2f}%), max |Δ logit| {verification.max_abs_logit_diff:.2e}, "
-                  f"top-1 agreement {100 * verification.top1_agreement:.2f}%, "
-                  f"median latency {verification.median_latency_ms:.3f} ms ({verification.backend})")
+            v = verification
+            accuracy = (f"accuracy {100 * v.tflite_accuracy:.2f}% (Keras {100 * v.keras_accuracy:.2f}%), "
+                        f"top-1 agreement {100 * v.top1_agreement:.2f}%, " if run.task == "classification" else "")
+            print(f"{config.mode} bundle ({run.task}, {run.kind}, {config.io_for(run.splits.train.layout)} input) "
+                  f"verified on {v.samples} samples and written to {target}: {v.size_bytes / 1024:.1f} KiB, "
+                  f"{accuracy}max |Δ output| {v.max_abs_logit_diff:.2e}, "
+                  f"median latency {v.median_latency_ms:.3f} ms ({v.backend})")
         return 0
     results = export_all_modes(run, out_root, config,
                                on_mode=None if args.json else lambda m: print(f"exporting {m} …", flush=True))
     rows = [r.row() for r in results]
     out_root.mkdir(parents=True, exist_ok=True)
-    title = f"{run.config.model} on {run.config.data}: export modes, verified in LiteRT on {len(run.splits.test)} test samples"
+    title = (f"{run.config.model} on {Path(run.config.data).name}: export modes, verified in LiteRT on "
+             f"{len(run.splits.test)} test samples")
     write_json(rows, out_root / "export-report.json", {"run": str(run.run_dir), "compat": config.compat})
     plot_accuracy_vs_size(rows, out_root / "export-report.png", title)
     if args.json:
@@ -186,6 +217,17 @@ def _print_rounds(result: dict, as_json: bool, out: Path) -> None:
     print(f"rounds, checkpoint and the final device bundle are in {out} (bundle: {out / 'bundle'})")
 
 
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    from cloud.train.shapes import SHAPES, ShapesConfig, make_shapes
+
+    config = ShapesConfig(per_class=args.per_class, size=args.size, classes=args.classes, seed=args.seed)
+    root = make_shapes(args.out, config)
+    print(f"{config.per_class * config.classes} RGB {config.size}x{config.size} images of "
+          f"{', '.join(SHAPES[: config.classes])} in {root}; train on them with: "
+          f"edgeloop cloud train --model mobilenet-v2 --data {root}")
+    return 0
+
+
 def cmd_ship(args: argparse.Namespace) -> int:
     from cloud.export.ship import ShipConfig, ship_bundles
 
@@ -201,8 +243,14 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a registry model on a data source, with checkpoints")
-    p.add_argument("--model", default="cnn", help="registry model: mlp, cnn, mlp-small (default cnn)")
-    p.add_argument("--data", default="mnist5k", help="mnist5k, digits, an .npz (x, y) or an image folder")
+    p.add_argument("--model", default="cnn",
+                   help="registry model: mlp, cnn, mlp-small, cnn1d, mobilenet-v2 (default cnn)")
+    p.add_argument("--data", default="mnist5k",
+                   help="mnist5k, digits, an .npz (x, y), a .csv (features + a label column) or an image folder")
+    p.add_argument("--image-size", default=None, help="image folders: HxW (default: the images' own, most common)")
+    p.add_argument("--color", default=None, choices=("rgb", "grayscale"),
+                   help="image folders (default: rgb if any image has colour)")
+    p.add_argument("--label-column", default=None, help="CSV: the label column (default 'label', or the last)")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -217,9 +265,24 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="export a trained run as a verified bundle")
-    p.add_argument("run", help="training run directory (holds model.keras and config.json)")
+    p = sub.add_parser("export", help="export a trained run, a .keras or an .h5 file as a verified bundle")
+    p.add_argument("run", metavar="PATH", help="a training run directory (model.keras + config.json), a .keras or an .h5 file")
     p.add_argument("--mode", default="int8", choices=MODES)
+    p.add_argument("--data", default=None,
+                   help="calibration and verification data (image folder, .npz, .csv, mnist5k, digits); "
+                        "required for a model file, default for a run: its own")
+    p.add_argument("--labels", default=None, help="a text file with one label per line (default: the data's)")
+    p.add_argument("--preprocess", nargs="+", default=None, metavar="KIND",
+                   help="none | scale | standardize MEAN STD (comma-separated per channel); default: what the "
+                        "model says (Rescaling/Normalization layers: none), else the data's convention")
+    p.add_argument("--task", default=None, choices=("classification", "multilabel", "regression"),
+                   help="default: from the final activation (softmax: classification, sigmoid: multilabel)")
+    p.add_argument("--io", default=None, choices=("float32", "uint8", "int8"),
+                   help="int8 mode: the input/output tensor type (default uint8 for image models, else int8)")
+    p.add_argument("--image-size", default=None, help="image folder --data: HxW (default: the model's input)")
+    p.add_argument("--color", default=None, choices=("rgb", "grayscale"), help="image folder --data")
+    p.add_argument("--label-column", default=None, help="CSV --data: the label column")
+    p.add_argument("--no-metadata", action="store_true", help="do not embed TFLite metadata in the .tflite")
     p.add_argument("--all-modes", action="store_true", help="export every mode; print, save and plot a table")
     p.add_argument("--compat", default="litert", choices=("litert", "tflite-runtime"),
                    help="tflite-runtime: a model the legacy tflite-runtime 2.14 can load")
@@ -249,6 +312,14 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     _core_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fl_server)
+
+    p = sub.add_parser("make-shapes", help="write a synthetic coloured-shapes image folder (one subfolder per shape)")
+    p.add_argument("out")
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_shapes)
 
     p = sub.add_parser("ship-bundles", help="regenerate models/bundles (MNIST CNN, int8 and float32) from a seed")
     p.add_argument("--epochs", type=int, default=8)

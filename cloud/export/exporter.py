@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from cloud.errors import CheckpointError, ExportVerificationError
-from cloud.export.quantize import COMPATS, convert
+from cloud.errors import ExportVerificationError
+from cloud.export.quantize import COMPATS, IO_TYPES, convert
+from cloud.export.source import SourceOptions, TrainedRun, keras_logits, load_source  # noqa: F401 (re-exported)
 from cloud.export.verify import TOLERANCES, Tolerance, Verification, verify_bundle
-from cloud.train.data import Dataset
-from cloud.train.training import Splits, TrainConfig, make_splits, read_config
+from cloud.train.training import TrainConfig
 from device.runtime.bundle import (
     MODES,
     InputSpec,
@@ -38,7 +38,13 @@ from device.runtime.interpreter import load_interpreter_class, tensor_quantizati
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """How to export: the mode, the runtime to stay compatible with, and the bundle's identity."""
+    """How to export: the mode, the runtime to stay compatible with, the I/O type, and the bundle's identity.
+
+    ``io`` is the input/output tensor type of an ``int8`` export: ``uint8`` (raw pixels go in,
+    the normalization is folded into the model), ``int8`` (normalized values, quantized) or
+    ``float32`` (quantize/dequantize inside the model). ``None``: ``uint8`` for image models,
+    ``int8`` otherwise. Float modes always take float32.
+    """
 
     mode: str = "int8"
     compat: str = "litert"
@@ -47,16 +53,27 @@ class ExportConfig:
     created: str | None = None  # ISO 8601 UTC; default: now
     representative_samples: int = 200
     tolerance: Tolerance | None = None  # default: TOLERANCES[mode]
+    io: str | None = None
+    metadata: bool = True  # embed TFLite metadata (cloud.export.metadata)
+    description: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.compat not in COMPATS:
             raise ValueError(f"compat must be one of {', '.join(COMPATS)}, got {self.compat!r}")
+        if self.io is not None and self.io not in IO_TYPES:
+            raise ValueError(f"--io must be one of {', '.join(IO_TYPES)}, got {self.io!r}")
         if self.representative_samples < 1:
             raise ValueError("representative_samples must be >= 1")
         if not self.version:
             raise ValueError("version must be a non-empty string")
+
+    def io_for(self, layout: str) -> str:
+        """The tensor type of the exported input/output for a model whose input has ``layout``."""
+        if self.mode != "int8":
+            return "float32"
+        return self.io or ("uint8" if layout == "image" else "int8")
 
     def bundle_name(self, train: TrainConfig) -> str:
         """``name``, or ``<data>-<model>-<mode>`` (plus ``-compat`` for tflite-runtime)."""
@@ -66,39 +83,13 @@ class ExportConfig:
         return f"{data}-{train.model}-{self.mode}" + ("-compat" if self.compat == "tflite-runtime" else "")
 
 
-@dataclass(frozen=True)
-class TrainedRun:
-    """A finished training run, loaded: its Keras model, config, data splits and Keras test logits."""
+def load_run(run_dir: Path | str, options: SourceOptions | None = None) -> TrainedRun:
+    """Load ``RUN/model.keras`` and re-create the exact splits it was trained with.
 
-    run_dir: Path
-    model: Any
-    config: TrainConfig
-    splits: Splits
-    keras_test_logits: np.ndarray
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / "model.keras"
-
-
-def load_run(run_dir: Path | str) -> TrainedRun:
-    """Load ``RUN/model.keras`` and re-create the exact splits it was trained with."""
-    import keras
-
-    run = Path(run_dir)
-    config = read_config(run)
-    path = run / "model.keras"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: the run has not finished (no model.keras); resume it with --resume")
-    model = keras.models.load_model(path, compile=False)
-    splits = make_splits(config)
-    logits = keras_logits(model, splits.test)
-    return TrainedRun(run, model, config, splits, logits)
-
-
-def keras_logits(model: Any, data: Dataset, batch: int = 500) -> np.ndarray:
-    x = data.normalized()
-    return np.concatenate([np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)])
+    Also takes a .keras or .h5 file, and ``options`` override the data, labels, preprocessing
+    and task (see :func:`cloud.export.source.load_source`).
+    """
+    return load_source(run_dir, options)
 
 
 def weights_sha256(model: Any) -> str:
@@ -109,19 +100,24 @@ def weights_sha256(model: Any) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created: str) -> Manifest:
-    """Describe ``tflite`` from the model's own tensors plus the run's preprocessing and labels."""
+def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created: str,
+                   raw_input: bool = False) -> Manifest:
+    """Describe ``tflite`` from the model's own tensors plus the run's preprocessing, task and labels.
+
+    ``raw_input``: the normalization was folded into the model, which takes raw values.
+    """
     interpreter_cls, _ = load_interpreter_class()
     interpreter = interpreter_cls(model_content=tflite)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     train = run.splits.train
-    mean, std = train.normalization
+    mean, std = (0.0, 1.0) if raw_input else train.normalization
     return Manifest(
         name=config.bundle_name(run.config),
         version=config.version,
         created=created,
         mode=config.mode,
         compat=config.compat,
+        task=run.task,
         inputs=(InputSpec(
             shape=tuple(int(d) for d in inp["shape"][1:]),
             dtype=np.dtype(inp["dtype"]).name,
@@ -133,8 +129,8 @@ def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created
         outputs=(OutputSpec(
             shape=tuple(int(d) for d in out["shape"][1:]),
             dtype=np.dtype(out["dtype"]).name,
-            labels=train.labels,
-            kind="logits",
+            labels=train.labels if run.task in ("classification", "multilabel") else (),
+            kind=run.kind,
             quantization=tensor_quantization(out),
         ),),
         sha256=sha256_bytes(tflite),
@@ -147,11 +143,30 @@ def build_manifest(tflite: bytes, run: TrainedRun, config: ExportConfig, created
     )
 
 
-def representative_set(run: TrainedRun, n: int) -> np.ndarray:
-    """``n`` normalized training samples chosen by the run's seed, for int8 calibration."""
+def representative_set(run: TrainedRun, n: int, raw: bool = False) -> np.ndarray:
+    """``n`` training samples chosen by the run's seed, for int8 calibration: normalized, or
+    (``raw``) raw float32 with the raw range's ends planted in one value each, so that a raw
+    uint8 input calibrates to exactly scale 1, zero point 0 (the pixel values themselves)."""
     train = run.splits.train
     idx = np.random.default_rng(run.config.seed).permutation(len(train))[:n]
-    return train.subset(idx).normalized()
+    subset = train.subset(idx)
+    if not raw:
+        return subset.normalized()
+    x = subset.x.astype(np.float32)
+    if subset.x.dtype == np.uint8 and x.size >= 2:
+        flat = x.reshape(-1)
+        flat[0], flat[-1] = 0.0, 255.0
+    return x
+
+
+def with_normalization(model: Any, normalization: tuple[Any, Any]) -> Any:
+    """``model`` behind a layer computing ``(raw - mean) / std``: a model that takes raw values."""
+    import keras
+
+    mean, std = (np.asarray(v, dtype=np.float32) for v in normalization)
+    inputs = keras.Input(tuple(model.input_shape[1:]), name="raw")
+    scaled = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="normalize")(inputs)
+    return keras.Model(inputs, model(scaled), name=f"{model.name}_raw")
 
 
 def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) -> Verification:
@@ -161,10 +176,22 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     export is non-finite or disagrees with Keras beyond tolerance.
     """
     out = Path(out_dir)
-    rep = representative_set(run, config.representative_samples) if config.mode == "int8" else None
-    tflite = convert(run.model, config.mode, rep, config.compat)
+    layout = run.splits.train.layout
+    io = config.io_for(layout)
+    mean, std = run.splits.train.normalization
+    identity = all(v == 0.0 for v in np.atleast_1d(mean)) and all(v == 1.0 for v in np.atleast_1d(std))
+    raw_input = io == "uint8"  # phones feed raw pixels: fold the normalization into the model
+    model = run.model if not raw_input or identity else with_normalization(run.model, run.splits.train.normalization)
+    rep = representative_set(run, config.representative_samples, raw=raw_input) if config.mode == "int8" else None
+    tflite = convert(model, config.mode, rep, config.compat, io)
     created = config.created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    manifest = build_manifest(tflite, run, config, created)
+    manifest = build_manifest(tflite, run, config, created, raw_input=raw_input)
+    if config.metadata:
+        from cloud.export.metadata import ModelInfo, embed_metadata
+
+        info = ModelInfo(manifest.name, config.description or _describe(run, config), manifest.version, manifest.task)
+        tflite = embed_metadata(tflite, info, manifest.input, manifest.output)
+        manifest = replace(manifest, sha256=sha256_bytes(tflite), size_bytes=len(tflite))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)
@@ -172,7 +199,7 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
         write_bundle(staging, tflite, manifest)
         test = run.splits.test
         verification = verify_bundle(staging, run.keras_test_logits, test.x, test.y, config.mode,
-                                     config.tolerance or TOLERANCES[config.mode])
+                                     config.tolerance or TOLERANCES[config.mode], task=run.task)
         if not verification.passed:
             raise ExportVerificationError(
                 f"{config.mode} export of {run.checkpoint} failed verification on {verification.samples} test "
@@ -184,6 +211,12 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return verification
+
+
+def _describe(run: TrainedRun, config: ExportConfig) -> str:
+    shape = "x".join(str(d) for d in run.splits.train.sample_shape)
+    return (f"{run.config.model} ({run.task}, {run.kind}) on {shape} {run.splits.train.layout} input, "
+            f"exported by edgeloop in {config.mode} mode")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -215,6 +248,7 @@ class ModeResult:
                 "size_bytes": v.size_bytes,
                 "accuracy": v.tflite_accuracy,
                 "keras_accuracy": v.keras_accuracy,
+                "samples": v.samples,
                 "max_abs_logit_diff": v.max_abs_logit_diff,
                 "top1_agreement": v.top1_agreement,
                 "median_latency_ms": v.median_latency_ms,

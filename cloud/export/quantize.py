@@ -17,14 +17,16 @@ from device.runtime.bundle import MODES
 from device.runtime.native_log import quiet_native_output
 
 COMPATS = ("litert", "tflite-runtime")
+IO_TYPES = ("float32", "uint8", "int8")  # the input/output tensor type of an int8 export
 
 
-def convert(model: Any, mode: str, representative: np.ndarray | None = None, compat: str = "litert") -> bytes:
-    """Convert ``model`` (inputs already normalized, float32) to TFLite.
+def convert(model: Any, mode: str, representative: np.ndarray | None = None, compat: str = "litert",
+            io: str = "int8") -> bytes:
+    """Convert ``model`` to TFLite; it takes whatever ``representative`` holds (normalized or raw samples).
 
-    ``representative`` (normalized samples) is required for ``int8``, whose input and
-    output tensors are then int8. ``compat='tflite-runtime'`` avoids the per-channel
-    dense kernels (FULLY_CONNECTED v12) that tflite-runtime 2.14 cannot load.
+    ``representative`` is required for ``int8``, whose input and output tensors are then of
+    type ``io`` (``float32``: quantize/dequantize inside the model). ``compat='tflite-runtime'``
+    avoids the per-channel dense kernels (FULLY_CONNECTED v12) that tflite-runtime 2.14 cannot load.
     """
     import tensorflow as tf
 
@@ -32,6 +34,8 @@ def convert(model: Any, mode: str, representative: np.ndarray | None = None, com
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if compat not in COMPATS:
         raise ValueError(f"compat must be one of {', '.join(COMPATS)}, got {compat!r}")
+    if io not in IO_TYPES:
+        raise ValueError(f"io must be one of {', '.join(IO_TYPES)}, got {io!r}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -48,8 +52,8 @@ def convert(model: Any, mode: str, representative: np.ndarray | None = None, com
 
         converter.representative_dataset = dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if io != "float32":
+            converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
     if compat == "tflite-runtime":
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     with quiet_native_output(), warnings.catch_warnings():

@@ -9,16 +9,21 @@ from typing import Any
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
-    """Mode, size, accuracy, Δ vs Keras, latency: one row per export mode."""
+    """Mode, size, accuracy, Δ vs Keras, latency: one row per export mode; a failed mode's
+    whole reason (with the sample counts it rests on) is printed under the table, not cut."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("mode", "size", "accuracy", "Keras acc.", "max |Δ logit|", "top-1 agree", "latency (median)", "status"):
+    for col in ("mode", "size", "accuracy", "Keras acc.", "max |Δ logit|", "top-1 agree", "samples",
+                "latency (median)", "status"):
         table.add_column(col, justify="left" if col in ("mode", "status") else "right")
+    failed = []
     for r in rows:
         if not r["passed"]:
-            table.add_row(r["mode"], "", "", "", "", "", "", f"[red]FAILED[/red] {r['error'][:80]}")
+            table.add_row(r["mode"], "", "", "", "", "", "", "", "[red]FAILED[/red] (reason below)")
+            failed.append(r)
             continue
         table.add_row(
             r["mode"],
@@ -27,10 +32,14 @@ def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
             f"{100 * r['keras_accuracy']:.2f}%",
             f"{r['max_abs_logit_diff']:.2e}",
             f"{100 * r['top1_agreement']:.2f}%",
+            str(r.get("samples", "")),
             f"{r['median_latency_ms']:.3f} ms",
             "[green]verified[/green]",
         )
-    Console(width=140).print(table)
+    console = Console(width=140)
+    console.print(table)
+    for r in failed:
+        console.print(f"[red]{r['mode']} FAILED[/red]: {escape(r['error'])}")
 
 
 def write_json(rows: Sequence[dict[str, Any]], path: Path, extra: dict[str, Any] | None = None) -> None:

@@ -55,6 +55,7 @@ class Verification:
     backend: str = ""
     tolerance: Tolerance = field(default_factory=Tolerance)
     failures: tuple[str, ...] = ()
+    task: str = "classification"
 
     @property
     def passed(self) -> bool:
@@ -67,9 +68,24 @@ class Verification:
         return data
 
 
+def allowed_drop(samples: int, max_points: float) -> int:
+    """How many of ``samples`` predictions may be lost under "at most ``max_points`` points below", inclusive.
+
+    Counted in whole samples, so that 1.00 point on 100 samples is exactly 1 sample, not a float
+    a hair above 1.0.
+    """
+    return int(np.floor(max_points * samples / 100.0 + 1e-9))
+
+
 def compare(keras_logits: np.ndarray, tflite_logits: np.ndarray, y: np.ndarray, mode: str,
-            tolerance: Tolerance) -> Verification:
-    """Agreement metrics of two ``(N, classes)`` logit arrays, and the tolerance failures."""
+            tolerance: Tolerance, task: str = "classification") -> Verification:
+    """Agreement metrics of two ``(N, outputs)`` arrays, and the tolerance failures.
+
+    ``classification``: top-1 agreement and accuracy against ``y``; ``multilabel``: agreement of
+    the per-label decisions (score > 0.5, or logit > 0); ``regression``: the output difference only.
+    """
+    if task not in ("classification", "multilabel"):
+        tolerance = replace(tolerance, min_top1_agreement=None, max_rel_logit_diff=tolerance.max_rel_logit_diff or 0.1)
     failures: list[str] = []
     if keras_logits.shape != tflite_logits.shape:
         raise ValueError(f"logit shapes differ: Keras {keras_logits.shape}, TFLite {tflite_logits.shape}")
@@ -83,16 +99,26 @@ def compare(keras_logits: np.ndarray, tflite_logits: np.ndarray, y: np.ndarray, 
             "(a silent NaN export?)"
         )
     scale = max(1.0, float(np.abs(keras_logits).max()))
-    keras_top = keras_logits.argmax(axis=-1)
-    tflite_top = np.where(finite.all(axis=-1), tflite_logits.argmax(axis=-1), -1)  # a non-finite row counts as wrong
+    n = int(len(keras_logits))
+    keras_correct = tflite_correct = 0
+    if task == "classification":
+        keras_top = keras_logits.argmax(axis=-1)
+        tflite_top = np.where(finite.all(axis=-1), tflite_logits.argmax(axis=-1), -1)  # a non-finite row counts as wrong
+        keras_correct, tflite_correct = int((keras_top == y).sum()), int((tflite_top == y).sum())
+        agreement = float((keras_top == tflite_top).mean())
+        keras_acc, tflite_acc = keras_correct / n, tflite_correct / n
+    else:
+        cut = 0.5 if float(keras_logits.min()) >= 0.0 and float(keras_logits.max()) <= 1.0 else 0.0
+        agreement = float(((keras_logits > cut) == (tflite_logits > cut)).mean()) if task == "multilabel" else float("nan")
+        keras_acc = tflite_acc = float("nan")
     result = dict(
         mode=mode,
-        samples=int(len(y)),
-        keras_accuracy=float((keras_top == y).mean()),
-        tflite_accuracy=float((tflite_top == y).mean()),
+        samples=n,
+        keras_accuracy=keras_acc,
+        tflite_accuracy=tflite_acc,
         max_abs_logit_diff=max_abs,
         max_rel_logit_diff=max_abs / scale,
-        top1_agreement=float((keras_top == tflite_top).mean()),
+        top1_agreement=agreement,
     )
     t = tolerance
     if t.max_rel_logit_diff is not None and not result["max_rel_logit_diff"] <= t.max_rel_logit_diff:
@@ -102,20 +128,27 @@ def compare(keras_logits: np.ndarray, tflite_logits: np.ndarray, y: np.ndarray, 
         )
     if t.min_top1_agreement is not None and result["top1_agreement"] < t.min_top1_agreement:
         failures.append(f"top-1 agreement {result['top1_agreement']:.4f} is below {t.min_top1_agreement:g}")
-    drop = 100.0 * (result["keras_accuracy"] - result["tflite_accuracy"])
-    if drop > t.max_accuracy_drop:
-        failures.append(f"accuracy {100 * result['tflite_accuracy']:.2f}% is {drop:.2f} points below Keras "
-                        f"({100 * result['keras_accuracy']:.2f}%); tolerance {t.max_accuracy_drop:g} points")
-    return Verification(tolerance=tolerance, failures=tuple(failures), **result)
+    lost, allowed = keras_correct - tflite_correct, allowed_drop(n, t.max_accuracy_drop)
+    if task == "classification" and lost > allowed:
+        failures.append(
+            f"accuracy {100 * result['tflite_accuracy']:.2f}% is {100 * lost / n:.2f} points below Keras "
+            f"({100 * result['keras_accuracy']:.2f}%): {lost} of {n} samples; tolerance at most "
+            f"{t.max_accuracy_drop:g} points ({allowed} sample{'' if allowed == 1 else 's'} on {n})")
+    return Verification(tolerance=tolerance, failures=tuple(failures), task=task, **result)
 
 
 def verify_bundle(bundle_dir: Path | str, keras_logits: np.ndarray, x_raw: np.ndarray, y: np.ndarray, mode: str,
-                  tolerance: Tolerance | None = None, latency_runs: int = 100) -> Verification:
-    """Run the bundle in LiteRT on raw test inputs and compare with Keras' logits for them."""
+                  tolerance: Tolerance | None = None, latency_runs: int = 100,
+                  task: str = "classification") -> Verification:
+    """Run the bundle in LiteRT on raw test inputs and compare with Keras' outputs for them.
+
+    Compares the dequantized outputs as they are (``Runtime.logits``): logits with logits,
+    probabilities with probabilities, so a wrongly declared output kind cannot hide.
+    """
     tolerance = tolerance or TOLERANCES[mode]
     runtime = Runtime(bundle_dir, num_threads=1)
     tflite_logits = runtime.logits(x_raw, check_finite=False)
-    result = compare(keras_logits, tflite_logits, y, mode, tolerance)
+    result = compare(keras_logits, tflite_logits, y, mode, tolerance, task)
     latency = float("nan")
     if result.passed:
         try:

@@ -1,8 +1,8 @@
-"""Data sources: MNIST-5k, sklearn's 8×8 digits, a user's .npz, or an image folder.
+"""Data sources: MNIST-5k, sklearn's 8×8 digits, a user's .npz or .csv, or an image folder.
 
 Every loader returns a :class:`Dataset` of raw values (uint8 pixels where the source
-has them) shaped ``(N, H, W, C)``, with the normalization a model should apply. Splits
-are stratified and deterministic by seed.
+has them) shaped ``(N, F)``, ``(N, T, C)`` or ``(N, H, W, C)``, with the normalization a model
+should apply. Splits are stratified and deterministic by seed.
 """
 
 from __future__ import annotations
@@ -22,20 +22,65 @@ from device.runtime.images import IMAGE_SUFFIXES, read_image
 BUILTIN_SOURCES = ("mnist5k", "digits")
 
 
+LAYOUTS = {2: "vector", 3: "sequence", 4: "image"}  # by x.ndim, the batch axis included
+COLORS = ("rgb", "grayscale")
+
+Norm = tuple[float | tuple[float, ...], float | tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read a source where it cannot say for itself: image geometry, the CSV label column.
+
+    ``image_size`` (H, W) and ``color`` default to the images' own (the most common size; RGB if
+    any image has colour).
+    """
+
+    image_size: tuple[int, int] | None = None
+    color: str | None = None
+    label_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise DataError(f"--image-size must be HxW with positive sides, got {self.image_size}")
+        if self.color is not None and self.color not in COLORS:
+            raise DataError(f"--color must be one of {', '.join(COLORS)}, got {self.color!r}")
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"96x96"`` (or ``96``) -> ``(96, 96)``."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise DataError(f"--image-size must look like HxW (e.g. 96x96), got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise DataError(f"--image-size must look like HxW with positive sides, got {text!r}")
+    return values[0], values[1]
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Raw samples ``x`` (N, H, W, C), integer labels ``y`` (N,), and how to normalize them."""
+    """Raw samples ``x`` (N, ...), integer labels ``y`` (N,), and how to normalize them.
+
+    ``x`` is ``(N, F)`` vectors, ``(N, T, C)`` sequences or ``(N, H, W, C)`` images.
+    ``normalization`` is ``(mean, std)``, each a number or a per-channel tuple (the last axis).
+    ``raw_range`` ``None``: any finite value.
+    """
 
     name: str
     x: np.ndarray
     y: np.ndarray
     labels: tuple[str, ...]
-    normalization: tuple[float, float] = (0.0, 255.0)  # (mean, std)
-    raw_range: tuple[float, float] = (0.0, 255.0)
+    normalization: Norm = (0.0, 255.0)  # (mean, std)
+    raw_range: tuple[float, float] | None = (0.0, 255.0)
+    note: str = ""  # what the loader chose, in one line (e.g. image size and colour mode)
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 4:
-            raise DataError(f"{self.name}: x must have shape (N, H, W, C), got {self.x.shape}")
+        if self.x.ndim not in LAYOUTS:
+            raise DataError(f"{self.name}: x must have shape (N, F), (N, T, C) or (N, H, W, C), got {self.x.shape}")
         if self.y.shape != (self.x.shape[0],):
             raise DataError(f"{self.name}: y has shape {self.y.shape}, expected ({self.x.shape[0]},) to match x")
         if self.y.size and (self.y.min() < 0 or self.y.max() >= len(self.labels)):
@@ -51,10 +96,14 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x.shape[1:])
 
+    @property
+    def layout(self) -> str:
+        return LAYOUTS[self.x.ndim]
+
     def normalized(self) -> np.ndarray:
-        """``(x - mean) / std`` as float32: what the Keras model takes."""
-        mean, std = self.normalization
-        return ((self.x.astype(np.float32) - np.float32(mean)) / np.float32(std)).astype(np.float32)
+        """``(x - mean) / std`` (per channel where given) as float32: what the Keras model takes."""
+        mean, std = (np.asarray(v, dtype=np.float32) for v in self.normalization)
+        return ((self.x.astype(np.float32) - mean) / std).astype(np.float32)
 
     def subset(self, index: np.ndarray) -> Dataset:
         return replace(self, x=self.x[index], y=self.y[index])
@@ -120,8 +169,63 @@ def load_digits_dataset(seed: int = 0) -> Dataset:
     return Dataset("digits", x[order], y[order], tuple(str(i) for i in range(10)), (0.0, 16.0), (0.0, 16.0))
 
 
+def _float_stats(x: np.ndarray) -> tuple[Norm, tuple[float, float]]:
+    """Per-channel standardization (the last axis) and a raw range widened by the data's span."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes, dtype=np.float64)
+    std = x.std(axis=axes, dtype=np.float64)
+    std = np.where(std > 1e-6, std, 1.0)
+    lo, hi = float(x.min()), float(x.max())
+    span = max(hi - lo, 1e-6)
+    return (tuple(float(v) for v in mean), tuple(float(v) for v in std)), (lo - span, hi + span)
+
+
+def _from_arrays(name: str, where: str, x: np.ndarray, y: np.ndarray, labels: tuple[str, ...] | None,
+                 layout: str | None = None) -> Dataset:
+    """Validate raw arrays and choose their normalization: uint8 pixels /255, floats standardized per channel."""
+    if layout == "image" and x.ndim == 3:
+        x = x[..., None]
+    elif layout is None and x.ndim == 3 and x.dtype == np.uint8:
+        x = x[..., None]  # (N, H, W) uint8: greyscale images
+    if x.ndim not in LAYOUTS or x.shape[0] == 0:
+        raise DataError(f"{where}: x must have shape (N, F) vectors, (N, T, C) sequences or (N, H, W[, C]) images "
+                        f"with N > 0, got {x.shape}")
+    if layout is not None and LAYOUTS[x.ndim] != layout:
+        raise DataError(f"{where}: layout {layout!r} does not fit x of shape {x.shape}")
+    if x.dtype.kind not in "uif" or (x.dtype.kind == "f" and not np.isfinite(x).all()):
+        raise DataError(f"{where}: x must be finite numbers, got dtype {x.dtype}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise DataError(f"{where}: y must have shape ({x.shape[0]},) to match x, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where}: y must hold integer class indices, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"{where}: y holds negative labels")
+    labels = labels or tuple(str(i) for i in range(int(y.max()) + 1))
+    if x.dtype == np.uint8:
+        norm, raw_range = (0.0, 255.0), (0.0, 255.0)
+    elif x.ndim == 4:
+        x = x.astype(np.float32)
+        lo, hi = float(x.min()), float(x.max())
+        span = max(hi - lo, 1e-6)
+        norm, raw_range = (0.0, max(abs(lo), abs(hi), 1e-6)), (lo - span, hi + span)
+    else:
+        x = x.astype(np.float32)
+        norm, raw_range = _float_stats(x)
+    note = f"{name}: {len(y)} {LAYOUTS[x.ndim]}s of shape {tuple(x.shape[1:])} ({x.dtype.name}), {len(labels)} classes"
+    return Dataset(name, x, y, labels, norm, raw_range, note)
+
+
+def _missing(path: Path) -> DataError:
+    return DataError(f"{path}: no such file or directory")
+
+
 def load_npz(path: str | Path) -> Dataset:
-    """An .npz with ``x`` (N, H, W[, C]) and integer ``y`` (N,), optionally ``labels`` (strings)."""
+    """An .npz with ``x`` and integer ``y`` (N,), optionally ``labels`` (strings) and ``layout``.
+
+    ``x``: ``(N, F)`` vectors, ``(N, T, C)`` sequences, ``(N, H, W, C)`` images; a 3-D uint8 ``x``
+    is taken as greyscale images ``(N, H, W)`` unless ``layout`` says ``"sequence"``.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -130,68 +234,142 @@ def load_npz(path: str | Path) -> Dataset:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(data.files) or 'none'}")
             x, y = data["x"], data["y"]
             labels = tuple(str(s) for s in data["labels"]) if "labels" in data.files else None
+            layout = str(data["layout"]) if "layout" in data.files else None
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise _missing(path) from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise DataError(f"{path}: x must have shape (N, H, W) or (N, H, W, C) with N > 0, got {x.shape}")
-    if x.dtype.kind not in "uif" or (x.dtype.kind == "f" and not np.isfinite(x).all()):
-        raise DataError(f"{path}: x must be finite numbers, got dtype {x.dtype}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"{path}: y must have shape ({x.shape[0]},) to match x, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise DataError(f"{path}: y must hold integer class indices, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise DataError(f"{path}: y holds negative labels")
-    labels = labels or tuple(str(i) for i in range(int(y.max()) + 1))
-    if x.dtype == np.uint8:
-        norm, raw_range = (0.0, 255.0), (0.0, 255.0)
+    if layout is not None and layout not in LAYOUTS.values():
+        raise DataError(f"{path}: layout must be one of {', '.join(LAYOUTS.values())}, got {layout!r}")
+    return _from_arrays(path.stem, str(path), x, y, labels, layout)
+
+
+def load_csv(path: str | Path, label_column: str | None = None) -> Dataset:
+    """A CSV with a header row: one feature vector per row, plus a label column.
+
+    ``label_column`` defaults to ``label`` (or the last column). Labels that are all integers are
+    class indices; otherwise the sorted distinct values are the class names.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r]
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read this CSV file ({exc})") from None
+    if len(rows) < 2:
+        raise DataError(f"{path}: expected a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    column = label_column or ("label" if "label" in header else header[-1])
+    if column not in header:
+        raise DataError(f"{path}: no label column {column!r}; the columns are {', '.join(header)} (use --label-column)")
+    at = header.index(column)
+    features, raw_labels = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+        try:
+            features.append([float(v) for i, v in enumerate(row) if i != at])
+        except ValueError:
+            raise DataError(f"{path}:{line}: a feature is not a number ({row})") from None
+        raw_labels.append(row[at].strip())
+    if len(header) < 2:
+        raise DataError(f"{path}: no feature columns besides the label column {column!r}")
+    if all(v.lstrip("-").isdigit() for v in raw_labels):
+        y = np.asarray([int(v) for v in raw_labels], dtype=np.int64)
+        labels = None
     else:
-        x = x.astype(np.float32)
-        lo, hi = float(x.min()), float(x.max())
-        span = max(hi - lo, 1e-6)
-        norm, raw_range = (0.0, max(abs(lo), abs(hi), 1e-6)), (lo - span, hi + span)
-    return Dataset(path.stem, x, y, labels, norm, raw_range)
+        names = sorted(set(raw_labels))
+        y = np.asarray([names.index(v) for v in raw_labels], dtype=np.int64)
+        labels = tuple(names)
+    return _from_arrays(path.stem, str(path), np.asarray(features, dtype=np.float32), y, labels)
 
 
-def load_image_folder(path: str | Path, shape: tuple[int, int, int] = (28, 28, 1)) -> Dataset:
-    """One subfolder per class (sorted names are the labels), images resized to ``shape`` (H, W, C)."""
+def _image_geometry(files: list[Path], options: DataOptions) -> tuple[tuple[int, int, int], str]:
+    """The images' own size (the most common) and colour (RGB if any has colour), unless overridden."""
+    from collections import Counter
+
+    from PIL import Image, UnidentifiedImageError
+
+    sizes: Counter[tuple[int, int]] = Counter()
+    colour = False
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                sizes[(img.height, img.width)] += 1
+                if not colour and img.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+                    rgb = np.asarray(img.convert("RGB"))
+                    colour = bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{file}: cannot read this image ({exc})") from None
+    (height, width), _ = sizes.most_common(1)[0]
+    size_note = f"{height}x{width} (the most common of {len(sizes)} size{'s' if len(sizes) > 1 else ''})"
+    if options.image_size is not None:
+        height, width = options.image_size
+        size_note = f"{height}x{width} (--image-size)"
+    color = options.color or ("rgb" if colour else "grayscale")
+    color_note = f"{color} ({'--color' if options.color else 'colour found' if colour else 'no colour found'})"
+    return (height, width, 3 if color == "rgb" else 1), f"{size_note}, {color_note}"
+
+
+def load_image_folder(path: str | Path, shape: tuple[int, int, int] | None = None,
+                      options: DataOptions | None = None) -> Dataset:
+    """One subfolder per class (sorted names are the labels), read at their own geometry.
+
+    ``shape`` (H, W, C) forces a geometry; otherwise ``options`` or the images decide
+    (see :class:`DataOptions`). The choice is in the dataset's ``note``.
+    """
     root = Path(path)
+    if not root.exists():
+        raise _missing(root)
     if not root.is_dir():
-        raise DataError(f"{root}: no such directory")
+        raise DataError(f"{root}: not a directory (an image folder holds one subfolder per class)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: expected one subfolder per class, found none")
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    for label, cls in enumerate(classes):
+    per_class: list[list[Path]] = []
+    for cls in classes:
         files = sorted(f for f in (root / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{root / cls}: class folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        per_class.append(files)
+    if shape is None:
+        shape, how = _image_geometry([f for files in per_class for f in files], options or DataOptions())
+    else:
+        how = f"{shape[0]}x{shape[1]}x{shape[2]} (given)"
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    for label, files in enumerate(per_class):
         for file in files:
             try:
                 xs.append(read_image(file, shape))
             except ImageReadError as exc:
                 raise DataError(str(exc)) from None
             ys.append(label)
-    return Dataset(root.name, np.stack(xs), np.asarray(ys, dtype=np.int64), tuple(classes))
+    note = f"{root.name}: {len(ys)} images in {len(classes)} classes, read as {how}"
+    return Dataset(root.name, np.stack(xs), np.asarray(ys, dtype=np.int64), tuple(classes), note=note)
 
 
-def load_dataset(source: str, seed: int = 0) -> Dataset:
-    """``mnist5k``, ``digits``, a path to an ``.npz``, or a path to an image folder."""
+def load_dataset(source: str, seed: int = 0, options: DataOptions | None = None) -> Dataset:
+    """``mnist5k``, ``digits``, a path to an ``.npz`` or ``.csv`` file, or a path to an image folder."""
+    options = options or DataOptions()
     if source == "mnist5k":
         return load_mnist5k(seed)
     if source == "digits":
         return load_digits_dataset(seed)
     path = Path(source)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         return load_npz(path)
+    if path.suffix.lower() == ".csv":
+        return load_csv(path, options.label_column)
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, options=options)
+    if not path.exists():
+        raise DataError(f"{source}: no such file or directory (a data source is {' or '.join(BUILTIN_SOURCES)}, "
+                        "an .npz or .csv file, or an image folder)")
     raise DataError(
-        f"unknown data source {source!r}: use {' or '.join(BUILTIN_SOURCES)}, an .npz file, or an image folder"
+        f"{source}: unknown data source: use {' or '.join(BUILTIN_SOURCES)}, an .npz or .csv file, or an image folder"
     )

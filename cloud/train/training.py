@@ -22,14 +22,14 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cloud.errors import CheckpointError
-from cloud.train.data import Dataset, load_dataset, stratified_split
+from cloud.train.data import BUILTIN_SOURCES, DataOptions, Dataset, load_dataset, stratified_split
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3, "rmsprop": 1e-3, "adagrad": 0.05}
@@ -51,8 +51,14 @@ class TrainConfig:
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+    image_size: tuple[int, int] | None = None  # image folders: None = the images' own size
+    color: str | None = None  # image folders: rgb | grayscale; None = RGB if any image has colour
+    label_column: str | None = None  # CSV: the label column; None = "label" or the last column
 
     def __post_init__(self) -> None:
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        _ = self.data_options  # validates image_size and color
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("batch_size", "accumulate", "epochs"):
@@ -65,6 +71,10 @@ class TrainConfig:
         for name in ("validation_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.image_size, self.color, self.label_column)
 
     @property
     def lr(self) -> float:
@@ -83,9 +93,16 @@ class Splits:
     test: Dataset
 
 
+def absolute_data(data: str, base: Path | None = None) -> str:
+    """A data path as an absolute path (relative to ``base`` or the working directory); names stay names."""
+    if data in BUILTIN_SOURCES:
+        return data
+    return str(((base or Path.cwd()) / Path(data).expanduser()).resolve())
+
+
 def make_splits(config: TrainConfig) -> Splits:
     """Load ``config.data`` and split it: test first, then validation from the rest, all by seed."""
-    ds = load_dataset(config.data, seed=config.seed)
+    ds = load_dataset(config.data, seed=config.seed, options=config.data_options)
     rest, test = stratified_split(ds, config.test_fraction, seed=config.seed)
     train, validation = stratified_split(rest, config.validation_fraction, seed=config.seed + 1)
     return Splits(train, validation, test)
@@ -232,13 +249,33 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_config(run_dir: Path | str) -> TrainConfig:
+    """The run's config. A relative data path (runs made before paths were stored absolute) is
+    resolved against the working directory, or else against the run directory."""
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).exists():
+        raise CheckpointError(f"{run_dir}: no such file or directory")
     try:
-        return TrainConfig.from_json(json.loads(path.read_text()))
+        config = TrainConfig.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not a training run directory (no config.json)") from None
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable config ({exc})") from None
+    data = Path(config.data)
+    relative = config.data not in BUILTIN_SOURCES and not data.is_absolute() and not data.exists()
+    if relative and (Path(run_dir) / data).exists():
+        config = replace(config, data=absolute_data(config.data, Path(run_dir)))
+    return config
+
+
+def check_model_fits(model: str, splits: Splits) -> None:
+    """Raise ValueError (naming the model and the data's layout) when a registry model cannot take the data."""
+    from models.registry import get_model
+
+    spec = get_model(model)
+    layout = splits.train.layout
+    if spec.layouts and layout not in spec.layouts:
+        raise ValueError(f"model {model!r} takes {' or '.join(spec.layouts)} data; {splits.train.name} holds "
+                         f"{layout}s of shape {splits.train.sample_shape}")
 
 
 @dataclass
@@ -257,12 +294,18 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    announce: Callable[[Splits], None] | None = None,
 ) -> dict[str, Any]:
     """Train into ``run_dir`` and return the metrics; ``resume`` continues from its checkpoint.
 
-    ``stop_after`` ends the process's work after that many epochs (as a kill would, but
-    cleanly); the run can then be resumed.
+    The model name and the data are checked before anything is written: a bad input leaves no
+    directory behind. ``announce(splits)`` is called once they are. ``stop_after`` ends the
+    process's work after that many epochs (as a kill would, but cleanly); the run can then be resumed.
     """
+    from models.registry import get_model
+
+    config = replace(config, data=absolute_data(config.data))
+    get_model(config.model)  # KeyError naming the known models
     run = Path(run_dir)
     ckpt = run / "checkpoints"
     state = _State(history=[])
@@ -270,6 +313,7 @@ def train(
         if not (run / "config.json").is_file():
             raise CheckpointError(f"{run}: nothing to resume (not a training run directory: no config.json)")
         saved = read_config(run)
+        saved = replace(saved, data=absolute_data(saved.data, run))
         if saved != config:
             diff = {k: (getattr(saved, k), getattr(config, k)) for k in asdict(config) if getattr(saved, k) != getattr(config, k)}
             raise CheckpointError(f"{run}: cannot resume with a different config; changed (saved, given): {diff}")
@@ -279,10 +323,13 @@ def train(
         state = _State(**json.loads(str(last.pop("state"))))
     elif (ckpt / "last.npz").exists():
         raise CheckpointError(f"{run}: already holds a training run; pass --resume to continue it, or use a new --out")
+    splits = make_splits(config)
+    check_model_fits(config.model, splits)
+    if announce is not None:
+        announce(splits)
     ckpt.mkdir(parents=True, exist_ok=True)
     _atomic_json(run / "config.json", asdict(config))
 
-    splits = make_splits(config)
     trainer = Trainer(config, splits)
     if resume:
         trainer.set_state(last)
