@@ -7,6 +7,8 @@ concrete-function routes produce models that run but output all-NaN. Whatever ro
 
 from __future__ import annotations
 
+import contextlib
+import io as _io
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -56,7 +58,8 @@ def convert(model: Any, mode: str, representative: np.ndarray | None = None, com
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
     if compat == "tflite-runtime":
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-    with quiet_native_output(), warnings.catch_warnings():
+    # Keras 3 prints "Saved artifact at …" and its endpoints on stdout: keep --json output clean
+    with quiet_native_output(), warnings.catch_warnings(), contextlib.redirect_stdout(_io.StringIO()):
         # int8 I/O makes TF warn that input statistics are absent: they come from the representative set
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return bytes(converter.convert())

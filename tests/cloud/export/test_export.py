@@ -84,7 +84,7 @@ def test_manifest_describes_the_model(exported, loaded_run) -> None:
     assert manifest["name"] == "mnist5k-cnn-int8" and manifest["version"] == "1" and manifest["created"]
 
 
-def _saved_model_route(model, mode, representative=None, compat="litert") -> bytes:
+def _saved_model_route(model, mode, representative=None, compat="litert", io="int8") -> bytes:
     """The Keras 3 trap: SavedModel → TFLite gives a model that runs and outputs all-NaN."""
     import tempfile
 

@@ -68,7 +68,8 @@ def test_image_folder(tmp_path: Path) -> None:
         for i in range(3):
             Image.new("L", (20, 20), value).save(tmp_path / "imgs" / cls / f"{i}.png")
     ds = load_image_folder(tmp_path / "imgs")
-    assert ds.labels == ("dark", "light") and ds.x.shape == (6, 28, 28, 1)
+    assert ds.labels == ("dark", "light") and ds.x.shape == (6, 20, 20, 1)  # their own geometry
+    assert load_image_folder(tmp_path / "imgs", (28, 28, 1)).x.shape == (6, 28, 28, 1)
     assert ds.x[ds.y == 1].min() > 200
     (tmp_path / "imgs" / "light" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     with pytest.raises(DataError, match="broken.jpg"):
@@ -78,6 +79,9 @@ def test_image_folder(tmp_path: Path) -> None:
         load_image_folder(tmp_path / "empty")
 
 
-def test_unknown_source() -> None:
-    with pytest.raises(DataError, match="unknown data source"):
+def test_unknown_source(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="imagenet: no such file or directory"):
         load_dataset("imagenet")
+    (tmp_path / "data.txt").write_text("1 2 3")
+    with pytest.raises(DataError, match="unknown data source"):
+        load_dataset(str(tmp_path / "data.txt"))
