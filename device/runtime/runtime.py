@@ -314,13 +314,17 @@ class Runtime:
         parameters; quantized outputs are dequantized unless ``dequantize`` is off, which gives
         the tensors exactly as the interpreter returns them.
         """
+        return self._run(inputs, dequantize)[0]
+
+    def _run(self, inputs: object, dequantize: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+        """:meth:`run`, and whether every input was one sample."""
         batches, single = self._feed_all(inputs)
         outs = self._invoke_many(batches)
         result: dict[str, np.ndarray] = {}
         for spec, read, out in zip(self.output_specs, self._readers, outs):
             value = read(out) if dequantize else out
             result[spec.name] = value[0] if single and value.ndim else value
-        return result
+        return result, single
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         """One input batch -> the first output tensor (the classifier fast path)."""
