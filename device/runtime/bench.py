@@ -96,11 +96,12 @@ def bare_call(runtime: Any, x: Any, num_threads: int | None) -> tuple[Callable[[
     """The bare interpreter loop on the same model: ``set_tensor``/``invoke``/``get_tensor`` for every
     tensor, on inputs already model-ready (what the LiteRT examples time). A fresh interpreter of the
     same backend and thread count; a fixed-batch model is fed one model batch per invoke."""
-    from device.runtime.interpreter import load_interpreter_class
+    from device.runtime.interpreter import interpreter_options, load_interpreter_class
 
     batches, _ = runtime._feed_all(x)
     cls, _ = load_interpreter_class(runtime.backend)
-    interpreter = cls(model_content=Path(runtime.model_path).read_bytes(), num_threads=num_threads)
+    interpreter = cls(model_content=Path(runtime.model_path).read_bytes(), num_threads=num_threads,
+                      **interpreter_options(cls))
     interpreter.allocate_tensors()
     if runtime._runner is not None:
         runner = interpreter.get_signature_runner(runtime.signature)

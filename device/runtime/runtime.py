@@ -28,7 +28,7 @@ from device.runtime.bundle import (
     read_manifest,
     read_model_bytes,
 )
-from device.runtime.interpreter import load_interpreter_class, tensor_quantization
+from device.runtime.interpreter import interpreter_options, load_interpreter_class, tensor_quantization
 from device.runtime.preprocess import softmax
 from device.runtime.tensors import InputFeed, output_reader, sigmoid
 
@@ -89,7 +89,8 @@ class Runtime:
         content = self._read(self.path)
         interpreter_cls, self.backend = load_interpreter_class(backend)
         try:
-            self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads)
+            self._interpreter = interpreter_cls(model_content=content, num_threads=num_threads,
+                                               **interpreter_options(interpreter_cls))
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             hint = ""
