@@ -135,3 +135,13 @@ tff-parity: install tff-env
 serve: install
 	@test -f service-data/keys/signing.key || $(BIN)/edgeloop cloud keygen --data-dir service-data
 	$(BIN)/edgeloop cloud serve --data-dir service-data
+
+# The device side on emulated Raspberry Pi OS userlands (not part of `make test`; needs root, ~30-60 min
+# the first time): Debian 12 arm64 with `pip install .[device]`, and armhf with tflite-runtime 2.14.
+# Roots are cached in .cache/pi-check; logs and outputs go to benchmarks/results/pi_check/.
+.PHONY: pi-check
+pi-check:
+	@command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static debootstrap binfmt-support)
+	mkdir -p benchmarks/results/pi_check
+	bash -o pipefail -c 'nice -n 10 timeout 7200 bash tests/arm/pi-check.sh arm64 armhf 2>&1 | tee benchmarks/results/pi_check/pi-check.log'

@@ -12,6 +12,7 @@ from device.errors import (
     InputError,
     IntegrityError,
     InterpreterUnavailableError,
+    TaskError,
 )
 from device.runtime.bundle import Manifest, read_manifest
 from device.runtime.runtime import Prediction, Runtime
@@ -26,5 +27,6 @@ __all__ = [
     "Manifest",
     "Prediction",
     "Runtime",
+    "TaskError",
     "read_manifest",
 ]

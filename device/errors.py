@@ -41,3 +41,7 @@ class CollectorError(EdgeloopError):
 
 class NotTrainableError(BundleError):
     """A bundle without the ``train``/``get_weights``/``set_weights`` signatures was asked to train."""
+
+
+class TaskError(EdgeloopError, ValueError):
+    """A call that the model's task does not support, such as ranking classes of a regression model."""

@@ -1,13 +1,15 @@
 """Find a TFLite interpreter: LiteRT first, then the legacy tflite-runtime, then TensorFlow.
 
 Set ``EDGELOOP_INTERPRETER`` to ``ai_edge_litert``, ``tflite_runtime`` or ``tensorflow``
-to force one (benchmarks and the legacy test do).
+to force one (benchmarks and the legacy test do). ``EDGELOOP_XNNPACK=0`` loads models without
+the default XNNPACK delegate (the plain built-in kernels), to tell a delegate problem from the rest.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any
 
 from device.errors import InterpreterUnavailableError
@@ -48,3 +50,13 @@ def tensor_quantization(details: dict[str, Any]) -> Quantization | None:
     """A tensor's ``(scale, zero_point)`` from interpreter details; None for a float tensor."""
     scale, zero_point = details.get("quantization", (0.0, 0))
     return Quantization(float(scale), int(zero_point)) if scale else None
+
+
+def interpreter_options(interpreter_cls: type) -> dict[str, Any]:
+    """Extra constructor arguments: none, or the built-in kernels without XNNPACK if ``EDGELOOP_XNNPACK=0``."""
+    if os.environ.get("EDGELOOP_XNNPACK", "1") != "0":
+        return {}
+    resolver = getattr(sys.modules.get(interpreter_cls.__module__), "OpResolverType", None)
+    if resolver is None:
+        raise InterpreterUnavailableError(f"EDGELOOP_XNNPACK=0: {interpreter_cls.__module__} cannot turn XNNPACK off")
+    return {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES}

@@ -45,3 +45,19 @@ def test_legacy_tflite_runtime_env_runs_the_device_cli() -> None:
     result = json.loads(out.stdout)
     assert result["bundle"]["backend"] == "tflite_runtime"
     assert result["predictions"][0]["label"] == "9"
+
+
+def test_device_only_install_names_the_extra_for_cloud_commands(tmp_path) -> None:
+    """On the device extra alone, cloud commands say in one line which extra to install (no traceback)."""
+    _need(DEVICE_ENV / "python")
+    help_out = _run([str(DEVICE_ENV / "edgeloop"), "--help"])
+    assert help_out.returncode == 0
+    cloud_line = next(line for line in help_out.stdout.splitlines() if line.strip().startswith("cloud"))
+    assert "pip install 'edgeloop[cloud]'" in cloud_line
+    for args in (["cloud", "train", "--model", "mlp", "--data", "digits", "--out", str(tmp_path / "run")],
+                 ["cloud", "export", str(tmp_path / "run")],
+                 ["federated", "simulate", "--rounds", "1", "--out", str(tmp_path / "fed")]):
+        out = _run([str(DEVICE_ENV / "edgeloop"), *args])
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("error: ") and "pip install 'edgeloop[cloud" in out.stderr, out.stderr
