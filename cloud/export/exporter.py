@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cloud.errors import CheckpointError, ExportVerificationError
+from cloud.export.profile import add_profile
 from cloud.export.quantize import COMPATS, convert
 from cloud.export.verify import TOLERANCES, Tolerance, Verification, verify_bundle
 from cloud.train.data import Dataset
@@ -180,6 +181,7 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
             )
         metrics = {**verification.to_json(), "keras_test_accuracy": verification.keras_accuracy}
         write_bundle(staging, tflite, replace(manifest, metrics=metrics))
+        add_profile(staging, test.x)  # the reference for drift monitoring: the data it was verified on
         _replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
