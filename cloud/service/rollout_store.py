@@ -56,8 +56,18 @@ def _record(s: Session, row: Rollout, action: str, reason: str, figures: dict[st
                           action=action, reason=reason, figures=json.dumps(figures)))
 
 
+def announce(registry: Any, channel: str, version: int, signing_key: Any | None) -> None:
+    """Sign a fresh release statement naming ``version`` on ``channel`` (devices take no release without one).
+
+    A rollout signs one for its version when it starts, and one for the base version when it
+    halts or is aborted, so devices that took the new version accept the old one back.
+    """
+    if signing_key is not None and hasattr(registry, "sign_statement"):
+        registry.sign_statement(channel, version, signing_key)
+
+
 def start_rollout(sessions: sessionmaker, registry: Any, version: int, channel: str, plan: RolloutPlan,
-                  now: float | None = None) -> dict[str, Any]:
+                  now: float | None = None, signing_key: Any | None = None) -> dict[str, Any]:
     """Begin rolling ``version`` out on ``channel`` at its first stage; the channel's current version is the base."""
     now = time.time() if now is None else now
     registry.get(version)  # RegistryError if there is no such version
@@ -75,7 +85,9 @@ def start_rollout(sessions: sessionmaker, registry: Any, version: int, channel: 
         s.add(row)
         s.flush()
         _record(s, row, "start", f"v{version} to {plan.stages[0]:g}% of {channel!r} (base v{base.version})", {}, now)
-        return _row_json(row)
+        out = _row_json(row)
+    announce(registry, channel, version, signing_key)
+    return out
 
 
 def active_row(s: Session, channel: str) -> Rollout | None:
@@ -103,7 +115,8 @@ def _find(s: Session, rollout: int | str) -> Rollout:
     return row
 
 
-def set_state(sessions: sessionmaker, rollout: int | str, action: str, now: float | None = None) -> dict[str, Any]:
+def set_state(sessions: sessionmaker, rollout: int | str, action: str, now: float | None = None,
+              registry: Any = None, signing_key: Any | None = None) -> dict[str, Any]:
     """``pause``, ``resume`` or ``abort`` a rollout (by id or channel); recorded like any decision."""
     now = time.time() if now is None else now
     moves = {"pause": (("running",), "paused"), "resume": (("paused",), "running"), "abort": (ACTIVE, "aborted")}
@@ -124,7 +137,10 @@ def set_state(sessions: sessionmaker, rollout: int | str, action: str, now: floa
         s.refresh(row)
         _record(s, row, action, f"by the operator ({row.channel} back on v{row.base_version_id})"
                 if action == "abort" else "by the operator", {}, now)
-        return _row_json(row)
+        out = _row_json(row)
+    if action == "abort" and registry is not None and row.base_version_id is not None:
+        announce(registry, row.channel, row.base_version_id, signing_key)
+    return out
 
 
 def gather_figures(sessions: sessionmaker, registry: Any, row: Rollout, now: float) -> StageFigures:
@@ -154,7 +170,8 @@ def gather_figures(sessions: sessionmaker, registry: Any, row: Rollout, now: flo
         drift=drift)
 
 
-def tick(sessions: sessionmaker, registry: Any, now: float | None = None) -> list[dict[str, Any]]:
+def tick(sessions: sessionmaker, registry: Any, now: float | None = None, signing_key: Any | None = None
+         ) -> list[dict[str, Any]]:
     """Judge every running rollout once and apply what :func:`decide` says; returns the changes made."""
     now = time.time() if now is None else now
     with sessions() as s:
@@ -180,6 +197,8 @@ def tick(sessions: sessionmaker, registry: Any, now: float | None = None) -> lis
             if decision.action == "halt":
                 reason += f"; {row.channel} reverted to v{row.base_version_id}"
             _record(s, row, decision.action, reason, record, now)
+        if decision.action == "halt" and row.base_version_id is not None:
+            announce(registry, row.channel, row.base_version_id, signing_key)
         changes.append({"rollout": row.id, "action": decision.action, "stage": row.stage, "reason": reason})
     return changes
 
