@@ -166,6 +166,16 @@ class RateBucket(Base):
     updated: Mapped[float] = mapped_column(Float)
 
 
+class AutoRetrain(Base):
+    """A retraining started because a version drifted (``serve --auto-retrain``): one per version, claimed by insert."""
+
+    __tablename__ = "auto_retrains"
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[float] = mapped_column(Float)
+    drift: Mapped[float] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 def database_url(data_dir: Path | str, url: str | None = None) -> str:
     """``url``, else ``$DATABASE_URL``, else a SQLite file in ``data_dir``."""
     url = url or os.environ.get("DATABASE_URL")
