@@ -17,9 +17,19 @@ from tests.conftest import ROOT
 class ServiceProcess:
     """``with ServiceProcess(data_dir) as svc: svc.url`` — start, wait until healthy, always stop."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, extra: tuple[str, ...] = (),
+                 admin_token: str | None = None) -> None:
         self.data_dir, self.port, self.extra = Path(data_dir), port or free_port(), extra
+        self.admin_token = admin_token
+        if admin_token is not None:  # the dashboard, /v1/versions and /docs need it
+            (self.data_dir / "admin.token").write_text(admin_token + "\n")
+            self.extra = (*extra, "--admin-token-file", str(self.data_dir / "admin.token"))
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """The admin's Authorization header."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     @property
     def url(self) -> str:

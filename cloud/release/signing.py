@@ -1,4 +1,15 @@
-"""Ed25519 keys and bundle signatures on the cloud side (the device only verifies).
+"""Ed25519 keys, bundle signatures and release statements on the cloud side (the device only verifies).
+
+Two things are signed, with the same key. ``signature.json`` (``edgeloop-signature/1``, in the
+bundle) binds the manifest bytes, the model and the canary: what the files are. A release
+statement (``edgeloop-release/1``, served with ``/current``) binds a channel, a sequence number
+that only grows on that channel, the version, and the bundle's digest: which files are that
+channel's release, and in which order, as TUF's targets metadata does. A device refuses a
+statement for another channel, one announced under another version, and one whose sequence
+is not above the one it runs (a downgrade, or a freeze on an old release). Bundles signed
+before statements existed still verify; their versions need a statement, which
+``edgeloop cloud promote VERSION --channel CH`` signs (the migration: re-promote each
+channel's current version once).
 
 ``edgeloop cloud keygen`` writes ``signing.key`` (PKCS#8 PEM, mode 0600; it never leaves
 the cloud) and ``signing.pub`` (the raw 32-byte public key as base64: what a device pins).
@@ -15,9 +26,19 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.agent.verify_signature import CANARY_NAME, SIGNATURE_NAME, SignatureInfo, key_id, signed_message
+from device.agent.verify_signature import (
+    CANARY_NAME,
+    SIGNATURE_NAME,
+    ReleaseStatement,
+    SignatureInfo,
+    bundle_digest,
+    key_id,
+    release_message,
+    signed_message,
+    valid_channel,
+)
 from device.errors import EdgeloopError
-from device.runtime.bundle import MANIFEST_NAME, read_manifest
+from device.runtime.bundle import MANIFEST_NAME, MODEL_NAME, read_manifest
 
 PRIVATE_NAME = "signing.key"
 PUBLIC_NAME = "signing.pub"
@@ -71,3 +92,15 @@ def sign_bundle(bundle_dir: Path | str, key: Ed25519PrivateKey) -> Path:
     path = root / SIGNATURE_NAME
     path.write_text(json.dumps(info.to_json(), indent=2) + "\n")
     return path
+
+
+def sign_release(bundle_dir: Path | str, key: Ed25519PrivateKey, channel: str, sequence: int,
+                 version: int) -> ReleaseStatement:
+    """Sign the statement "the bundle in ``bundle_dir`` is ``channel``'s ``sequence``-th release, ``version``"."""
+    if not valid_channel(channel):
+        raise SigningError(f"channel {channel!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+    root = Path(bundle_dir)
+    digest = bundle_digest((root / MANIFEST_NAME).read_bytes(), hashlib.sha256((root / MODEL_NAME).read_bytes()).hexdigest(),
+                           hashlib.sha256((root / CANARY_NAME).read_bytes()).hexdigest())
+    signature = key.sign(release_message(channel, sequence, version, digest))
+    return ReleaseStatement(channel, sequence, version, digest, key_id(public_raw(key)), signature)

@@ -1,8 +1,14 @@
 """The FastAPI app: release endpoints for devices, ingestion, events, and the dashboard.
 
-Device endpoints take ``Authorization: Bearer <token>``. Status codes: 304 unchanged
-release; 400 inconsistent content or a missing Idempotency-Key; 401 unknown token;
-404 no release; 413 request or device quota too large; 422 schema violation; 429 too fast.
+Device endpoints take ``Authorization: Bearer <device token>``; the dashboard, the version
+listing and the API docs take the admin token (``serve --admin-token-file``) and are off
+without one; ``/healthz`` is open. Status codes: 304 unchanged release; 400 inconsistent
+content or a missing Idempotency-Key; 401 unknown token; 404 no release; 409 an
+Idempotency-Key reused with another body; 413 request or device quota too large; 422 schema
+violation (always a JSON body); 429 too fast, or too many failed authentications.
+
+Every request is authenticated before its body is read, and every body is capped
+(:class:`BodyLimit`) before any of it is parsed.
 """
 
 from __future__ import annotations
@@ -13,15 +19,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
 from cloud.service import dashboard
-from cloud.service.auth import RateLimit, RateLimiter, TokenCache
+from cloud.service.auth import RateLimit, RateLimiter, TokenCache, admin_guard
 from cloud.service.db import Device, Event, database_url, make_engine, make_sessionmaker
-from cloud.service.ingest import BadSample, BatchIn, QuotaExceeded, store_batch
+from cloud.service.ingest import (
+    BadSample,
+    BatchIn,
+    IdempotencyConflict,
+    QuotaExceeded,
+    no_surrogates,
+    store_batch,
+    validation_errors,
+)
 from cloud.service.registry import Registry, RegistryError
 
 SEEN_RESOLUTION_S = 5.0  # "last seen" on the dashboard is this precise; it saves a write per poll
@@ -36,6 +53,9 @@ class ServiceConfig:
     max_samples_per_device: int = 1_000_000
     rate: RateLimit = field(default_factory=RateLimit)
     release_cache_s: float = 1.0  # a publish or promote reaches devices at most this much later
+    admin_token: str | None = None  # guards the dashboard, /v1/versions and the docs; None: they are off
+    # failed authentications per client address: beyond this, 429 instead of 401 (slows token guessing)
+    auth_failures: RateLimit = field(default_factory=lambda: RateLimit(rate=2.0, burst=30))
 
     def __post_init__(self) -> None:
         if self.release_cache_s < 0:
@@ -44,11 +64,70 @@ class ServiceConfig:
             raise ValueError("service limits must be positive (max_request_bytes >= 1024)")
 
 
+MAX_COUNTER = 2**53  # counters are exact integers in JSON and fit every database's BIGINT
+MAX_VERSION = 2**62
+
+
 class EventIn(BaseModel):
-    kind: Annotated[str, Field(min_length=1, max_length=32)]
-    version: Annotated[str, Field(max_length=64)] | None = None
-    detail: Annotated[str, Field(max_length=2000)] = ""
-    counters: dict[str, int] = {}
+    model_config = ConfigDict(extra="forbid")
+    kind: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(no_surrogates)]
+    version: Annotated[str, Field(max_length=64), AfterValidator(no_surrogates)] | None = None
+    detail: Annotated[str, Field(max_length=2000), AfterValidator(no_surrogates)] = ""
+    counters: Annotated[dict[Annotated[str, Field(max_length=32), AfterValidator(no_surrogates)],
+                             Annotated[int, Field(ge=0, le=MAX_COUNTER)]], Field(max_length=16)] = {}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse any request body over ``max_bytes`` with 413, before the app reads it.
+
+    A declared ``Content-Length`` over the limit is refused without reading a byte; a body that
+    streams past the limit is cut off there. Either way nothing over the limit is buffered.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await _too_large(send, self.max_bytes)
+                return
+        seen, started = 0, False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Any, max_bytes: int) -> None:
+    body = f'{{"detail": "request body is over the limit of {max_bytes} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -75,23 +154,46 @@ def create_app(config: ServiceConfig) -> FastAPI:
     registry = Registry(sessions, config.data_dir)
     tokens = TokenCache(sessions)
     limiter = RateLimiter(config.rate)
-    app = FastAPI(title="edgeloop service", version="1",
+    auth_failures = RateLimiter(config.auth_failures)
+    require_admin = admin_guard(config.admin_token)
+    app = FastAPI(title="edgeloop service", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Signed model releases for a device fleet, sample ingestion, and a dashboard.")
     app.state.registry, app.state.sessions, app.state.engine = registry, sessions, engine
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
 
-    def authenticate(authorization: str | None) -> int:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
+
+    def authenticate(request: Request, authorization: str | None) -> int:
+        device_id = None
+        if authorization and authorization.startswith("Bearer "):
+            device_id = tokens.device_id(authorization[7:].strip())
+        if device_id is not None:
+            return device_id
+        client = request.client.host if request.client else "?"
+        wait = auth_failures.allow(client)
+        if wait > 0:
+            raise HTTPException(429, f"too many failed authentications from {client}; retry in {wait:.1f} s",
+                                headers={"Retry-After": f"{max(1, round(wait))}"})
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "missing 'Authorization: Bearer <device token>'")
-        device_id = tokens.device_id(authorization[7:].strip())
-        if device_id is None:
-            raise HTTPException(401, "unknown device token; register the device with 'edgeloop cloud add-device'")
-        return device_id
+        raise HTTPException(401, "unknown or revoked device token; register the device with 'edgeloop cloud add-device'")
 
     def throttle(device_id: int) -> None:
         wait = limiter.allow(device_id)
         if wait > 0:
             raise HTTPException(429, f"too many requests from this device; retry in {wait:.2f} s",
                                 headers={"Retry-After": f"{max(1, round(wait))}"})
+
+    async def read_body(request: Request) -> bytes:
+        """The body, after authentication; BodyLimit has already capped it."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_request_bytes:
+                raise HTTPException(413, f"request body is over the limit of {config.max_request_bytes} bytes")
+        return bytes(body)
 
     last_written: dict[int, tuple[float, str | None]] = {}
 
@@ -125,10 +227,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/v1/channels/{channel}/current", summary="The channel's current release (304 if unchanged)")
-    def current(channel: str, authorization: Annotated[str | None, Header()] = None,
+    def current(request: Request,
+                channel: Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")],
+                authorization: Annotated[str | None, Header()] = None,
                 if_none_match: Annotated[str | None, Header()] = None,
                 x_model_version: Annotated[str | None, Header()] = None) -> Response:
-        device_id = authenticate(authorization)
+        device_id = authenticate(request, authorization)
         throttle(device_id)
         seen(device_id, x_model_version)
         release = current_release(channel)
@@ -140,40 +244,36 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return JSONResponse(release.to_json(), headers=headers)
 
     @app.get("/v1/versions/{version}/files/{name}", summary="Download one file of a release")
-    def download(version: int, name: str, authorization: Annotated[str | None, Header()] = None) -> FileResponse:
-        authenticate(authorization)
+    def download(request: Request, version: Annotated[int, PathParam(ge=1, le=MAX_VERSION)],
+                 name: Annotated[str, PathParam(max_length=64)],
+                 authorization: Annotated[str | None, Header()] = None) -> FileResponse:
+        authenticate(request, authorization)
         try:
             path = registry.file_path(version, name)
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
         return FileResponse(path, media_type="application/octet-stream")
 
-    @app.get("/v1/versions", summary="Every published version, newest first")
-    def versions() -> list[dict[str, Any]]:
+    @app.get("/v1/versions", summary="Every published version, newest first (admin token)")
+    def versions(authorization: Annotated[str | None, Header()] = None) -> list[dict[str, Any]]:
+        require_admin(authorization)
         return registry.versions()
 
-    # the body is read by hand (to enforce the size limit before parsing), so its schema is declared here
+    # the body is read by hand (after authentication, within the size limit), so its schema is declared here
     @app.post("/v1/samples", summary="Upload a batch of samples under an Idempotency-Key",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": inline_refs(BatchIn.model_json_schema())}}}})
     async def samples(request: Request, authorization: Annotated[str | None, Header()] = None,
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        device_id = authenticate(authorization)
+        device_id = authenticate(request, authorization)
         throttle(device_id)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
-            raise HTTPException(413, f"request body of {length} bytes is over the limit of {config.max_request_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > config.max_request_bytes:
-                raise HTTPException(413, f"request body is over the limit of {config.max_request_bytes} bytes")
+        body = await read_body(request)
         if not idempotency_key or len(idempotency_key) > 128:
             raise HTTPException(400, "an 'Idempotency-Key' header (1-128 characters) is required")
         try:
-            batch = BatchIn.model_validate_json(bytes(body))
+            batch = BatchIn.model_validate_json(body)
         except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_input=False)) from None
+            raise HTTPException(422, validation_errors(exc.errors())) from None
         if len(batch.samples) > config.max_batch_samples:
             raise HTTPException(413, f"{len(batch.samples)} samples in one batch; at most {config.max_batch_samples}")
         try:
@@ -181,14 +281,26 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                                        config.max_samples_per_device)
         except BadSample as exc:
             raise HTTPException(400, str(exc)) from None
+        except IdempotencyConflict as exc:
+            raise HTTPException(409, str(exc)) from None
         except QuotaExceeded as exc:
             raise HTTPException(413, str(exc)) from None
         return {"stored": stored, "received": len(batch.samples), "replayed": replayed}
 
-    @app.post("/v1/events", status_code=204, summary="Report an update, rollback, rejection or dropped samples")
-    def events(body: EventIn, authorization: Annotated[str | None, Header()] = None) -> Response:
-        device_id = authenticate(authorization)
+    @app.post("/v1/events", status_code=204, summary="Report an update, rollback, rejection or dropped samples",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": inline_refs(EventIn.model_json_schema())}}}})
+    async def events(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+        device_id = authenticate(request, authorization)
         throttle(device_id)
+        try:
+            body = EventIn.model_validate_json(await read_body(request))
+        except ValidationError as exc:
+            raise HTTPException(422, validation_errors(exc.errors())) from None
+        await run_in_threadpool(record_event, device_id, body)
+        return Response(status_code=204)
+
+    def record_event(device_id: int, body: EventIn) -> None:
         now = time.time()
         with sessions.begin() as s:
             s.add(Event(device_id=device_id, kind=body.kind, version=body.version, detail=body.detail, time=now))
@@ -196,10 +308,20 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if "dropped" in body.counters:
             extra["dropped"] = int(body.counters["dropped"])
         seen(device_id, body.version if body.kind == "updated" else None, **extra)
-        return Response(status_code=204)
 
-    @app.get("/", response_class=HTMLResponse, summary="Fleet dashboard")
-    def index() -> HTMLResponse:
+    @app.get("/", response_class=HTMLResponse, summary="Fleet dashboard (admin token)")
+    def index(authorization: Annotated[str | None, Header()] = None) -> HTMLResponse:
+        require_admin(authorization)
         return HTMLResponse(dashboard.render(dashboard.dashboard_data(sessions, registry)))
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        require_admin(authorization)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(authorization: Annotated[str | None, Header()] = None) -> HTMLResponse:
+        require_admin(authorization)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="edgeloop service")
 
     return app

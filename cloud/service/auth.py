@@ -1,18 +1,27 @@
-"""Per-device tokens, stored as sha256 hashes, and a per-device rate limit.
+"""Per-device tokens (stored as sha256 hashes, revocable), the admin token, and rate limits.
 
 Tokens are 256 random bits, so a plain sha256 is enough: there is nothing to brute-force
-that a slow hash would protect.
+that a slow hash would protect. A device token is looked up in the database on every
+request, so a revocation (``edgeloop cloud revoke-device``) or a changed hash takes effect
+on the next request, in every server process. The admin token (``serve --admin-token-file``)
+guards the dashboard, the version listing and the API docs: :func:`admin_guard` makes the one
+dependency every admin endpoint uses.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
 from cloud.service.db import Device
@@ -39,23 +48,85 @@ def add_device(sessions: sessionmaker, name: str) -> str:
     return token
 
 
+class UnknownDevice(EdgeloopError):
+    """No device is registered under that name."""
+
+
+REVOKED_PREFIX = "revoked-"
+
+
+def revoke_device(sessions: sessionmaker, name: str) -> None:
+    """Make ``name``'s token useless at once (its hash is replaced by a random value no token hashes to)."""
+    with sessions.begin() as s:
+        done = s.execute(update(Device).where(Device.name == name)
+                         .values(token_hash=REVOKED_PREFIX + secrets.token_hex(24))).rowcount
+    if not done:
+        raise UnknownDevice(f"no device named {name!r} is registered")
+
+
 class TokenCache:
-    """token hash -> device id, read through to the database (devices are never renamed)."""
+    """token -> device id, read from the database on every call (an indexed lookup of a unique hash).
+
+    Nothing is cached, on purpose: a revoked or rotated token must stop working at once, also in
+    a server process other than the one that changed it.
+    """
 
     def __init__(self, sessions: sessionmaker) -> None:
         self.sessions = sessions
-        self._cache: dict[str, int] = {}
 
     def device_id(self, token: str) -> int | None:
-        digest = hash_token(token)
-        hit = self._cache.get(digest)
-        if hit is not None:
-            return hit
+        if not token or len(token) > 256:
+            return None
         with self.sessions() as s:
-            did = s.scalars(select(Device.id).where(Device.token_hash == digest)).first()
-        if did is not None:
-            self._cache[digest] = did
-        return did
+            return s.scalars(select(Device.id).where(Device.token_hash == hash_token(token))).first()
+
+
+MIN_ADMIN_TOKEN = 16
+
+
+def read_admin_token(path: Path | str) -> str:
+    """The admin token from a file (its first line, stripped); at least 16 characters."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeloopError(f"{path}: cannot read the admin token ({exc})") from None
+    if len(token) < MIN_ADMIN_TOKEN or any(c.isspace() for c in token):
+        raise EdgeloopError(f"{path}: an admin token is one line of at least {MIN_ADMIN_TOKEN} characters "
+                            "without spaces (e.g. 'python -c \"import secrets; print(secrets.token_urlsafe(32))\"')")
+    return token
+
+
+def admin_token_matches(authorization: str | None, expected: str) -> bool:
+    """Whether an ``Authorization`` header carries the admin token: ``Bearer TOKEN``, or HTTP Basic with the
+    token as password (so a browser can open the dashboard). Compared in constant time."""
+    if not authorization or len(authorization) > 1024:
+        return False
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, ValueError):
+            return False
+    else:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+def admin_guard(expected: str | None) -> Callable[[str | None], None]:
+    """A check for admin endpoints: raises HTTP 401 (asking for credentials) unless the request carries
+    ``expected``; with no admin token configured the endpoints are off (HTTP 404)."""
+    from fastapi import HTTPException
+
+    def check(authorization: str | None) -> None:
+        if expected is None:
+            raise HTTPException(404, "admin endpoints are off; start the server with --admin-token-file")
+        if not admin_token_matches(authorization, expected):
+            raise HTTPException(401, "admin token required ('Authorization: Bearer <admin token>')",
+                                headers={"WWW-Authenticate": 'Basic realm="edgeloop admin"'})
+
+    return check
 
 
 @dataclass(frozen=True)

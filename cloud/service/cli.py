@@ -1,4 +1,4 @@
-"""``edgeloop cloud serve|keygen|add-device|publish|versions|promote|rollback|retrain``.
+"""``edgeloop cloud serve|keygen|add-device|revoke-device|publish|versions|promote|rollback|retrain``.
 
 Registered into ``edgeloop cloud``'s parser by :func:`register`; each command imports
 what it needs when it runs (only ``retrain`` loads TensorFlow).
@@ -32,14 +32,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cloud.service.app import ServiceConfig, create_app
-    from cloud.service.auth import RateLimit
+    from cloud.service.auth import RateLimit, read_admin_token
+    from cloud.service.server import ServerLimits, uvicorn_config
 
+    admin = read_admin_token(args.admin_token_file) if args.admin_token_file else None
     config = ServiceConfig(Path(args.data_dir), args.database_url, args.max_request_bytes, args.max_batch,
-                           args.device_quota, RateLimit(args.rate, args.burst), args.release_cache)
+                           args.device_quota, RateLimit(args.rate, args.burst), args.release_cache, admin_token=admin)
+    limits = ServerLimits(args.max_header_bytes, args.header_timeout, args.keep_alive, args.max_concurrency)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding to {args.host}: the dashboard and /v1/versions are not authenticated")
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.log_level == "debug")
+        print(f"warning: binding to {args.host}: put a TLS reverse proxy in front; device tokens travel in clear")
+    uvicorn.Server(uvicorn_config(create_app(config), args.host, args.port, limits, args.log_level)).run()
     return 0
 
 
@@ -59,6 +61,16 @@ def cmd_add_device(args: argparse.Namespace) -> int:
     sessions, _ = open_registry(args)
     token = add_device(sessions, args.name)
     print(json.dumps({"device": args.name, "token": token}) if args.json else token)
+    return 0
+
+
+def cmd_revoke_device(args: argparse.Namespace) -> int:
+    from cloud.service.auth import revoke_device
+
+    sessions, _ = open_registry(args)
+    revoke_device(sessions, args.name)
+    print(json.dumps({"device": args.name, "revoked": True}) if args.json else
+          f"revoked {args.name}: its token is refused from the next request on")
     return 0
 
 
@@ -91,17 +103,25 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _statement_key(args: argparse.Namespace) -> Any:
+    """The signing key for a release statement: devices take a promote or rollback only when it is signed."""
+    from cloud.release.signing import load_private_key
+
+    return None if args.unsigned else load_private_key(_key_path(args))
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     _, registry = open_registry(args)
-    release = registry.promote(args.version, args.channel)
-    print(f"{args.channel} → v{release.version}")
+    release = registry.promote(args.version, args.channel, _statement_key(args))
+    print(f"{args.channel} → v{release.version}" + ("" if release.statement else " (unsigned: devices keep what they run)"))
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     _, registry = open_registry(args)
-    release = registry.rollback(args.channel)
-    print(f"{args.channel} rolled back to v{release.version}")
+    release = registry.rollback(args.channel, _statement_key(args))
+    print(f"{args.channel} rolled back to v{release.version}"
+          + ("" if release.statement else " (unsigned: devices keep what they run)"))
     return 0
 
 
@@ -140,6 +160,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--release-cache", type=float, default=1.0,
                    help="seconds a channel's release is cached (a publish reaches devices this much later)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--admin-token-file", default=None,
+                   help="file holding the admin token that guards the dashboard, /v1/versions and /docs "
+                        "(without it they are off)")
+    p.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="largest request head accepted")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send a complete request head")
+    p.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection is kept")
+    p.add_argument("--max-concurrency", type=int, default=512,
+                   help="connections and requests in flight; beyond, 503")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("keygen", help="create the Ed25519 signing key pair (DATA/keys)")
@@ -152,6 +181,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_args(p)
     p.add_argument("name")
     p.set_defaults(func=cmd_add_device)
+
+    p = sub.add_parser("revoke-device", help="revoke a device's token (refused from the next request on)")
+    data_args(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_revoke_device)
 
     p = sub.add_parser("publish", help="sign a bundle and publish it as a new version on a channel")
     data_args(p)
@@ -171,11 +205,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_args(p)
     p.add_argument("version", type=int)
     p.add_argument("--channel", default="stable")
+    p.add_argument("--key", default=None, help="private key that signs the release statement (default DATA/keys/signing.key)")
+    p.add_argument("--unsigned", action="store_true", help="sign no release statement (devices keep what they run)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rollback", help="make a channel's previous version current again")
     data_args(p)
     p.add_argument("--channel", default="stable")
+    p.add_argument("--key", default=None, help="private key that signs the release statement (default DATA/keys/signing.key)")
+    p.add_argument("--unsigned", action="store_true", help="sign no release statement (devices keep what they run)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("retrain", help="fine-tune the current model on collected labelled samples; "

@@ -77,6 +77,26 @@ class Batch(Base):
     key: Mapped[str] = mapped_column(String(128))
     received: Mapped[float] = mapped_column(Float)
     stored: Mapped[int] = mapped_column(Integer)
+    # sha256 of the batch's canonical content: the same key with another body is a conflict (409).
+    # Added after the first release; rows stored before have NULL (see migrate()).
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Statement(Base):
+    """A signed release statement: ``version`` is ``channel``'s release, the ``sequence``-th one.
+
+    Never deleted: a rollback signs a new, higher-numbered statement for the older version, so
+    devices can refuse any statement older than the one they run (TUF's rollback protection).
+    """
+
+    __tablename__ = "statements"
+    __table_args__ = (UniqueConstraint("channel", "sequence"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), index=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    body: Mapped[str] = mapped_column(Text)  # the statement's JSON, as devices receive it
+    time: Mapped[float] = mapped_column(Float)
 
 
 class Sample(Base):
@@ -201,7 +221,24 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    migrate(engine)
     return engine
+
+
+# Columns added to existing tables after a release: (table, column, SQL type). create_all() makes new
+# tables but never alters old ones, so each is added here, nullable, when missing.
+_ADDED_COLUMNS = (("batches", "digest", "VARCHAR(64)"),)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring a database created by an older edgeloop up to this schema (idempotent)."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table, column, sql_type in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

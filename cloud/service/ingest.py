@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,26 @@ MAX_INPUT_VALUES = 1 << 16
 
 class BadSample(ValueError):
     """A sample passes the schema but its content is inconsistent (400)."""
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key already names a stored batch with different content (409)."""
+
+
+def no_surrogates(value: str) -> str:
+    """Refuse lone UTF-16 surrogates (JSON's ``\\ud800``): no database can store them as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone surrogate (not valid Unicode)") from None
+    return value
+
+
+def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic's errors as plain JSON: location, message and type only (no input, no context objects,
+    which may hold NaN, bytes or exceptions that JSON cannot encode)."""
+    return [{"loc": [str(p)[:64] for p in e.get("loc", ())][:8], "msg": str(e.get("msg", ""))[:300],
+             "type": str(e.get("type", ""))[:64]} for e in errors[:20]]
 
 
 class InputArray(BaseModel):
@@ -44,13 +65,13 @@ class InputArray(BaseModel):
 
 
 class SampleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
     input: InputArray
     prediction: Annotated[int, Field(ge=0, le=100_000)]
     confidence: Annotated[float, Field(ge=0.0, le=1.0)]
     label: Annotated[int, Field(ge=0, le=100_000)] | None = None
-    model_version: Annotated[str, Field(min_length=1, max_length=64)]
+    model_version: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(no_surrogates)]
     timestamp: float
 
 
@@ -80,9 +101,11 @@ def decode(sample: SampleIn) -> bytes:
 def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn, quota: int) -> tuple[int, bool]:
     """Store a batch once; returns ``(samples stored by this batch, replayed)``.
 
-    Raises :class:`BadSample` (nothing stored) and :class:`QuotaExceeded`.
+    Raises :class:`BadSample` (nothing stored), :class:`IdempotencyConflict` (the key names a stored
+    batch with other content: nothing stored) and :class:`QuotaExceeded`.
     """
     raws = [decode(s) for s in batch.samples]
+    digest = batch_digest(batch)
     ids = [s.id for s in batch.samples]
     if len(set(ids)) != len(ids):
         raise BadSample("sample ids within a batch must be unique")
@@ -91,14 +114,15 @@ def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn
         with sessions.begin() as s:
             existing = s.scalars(select(Batch).where(Batch.device_id == device_id, Batch.key == key)).first()
             if existing is not None:
-                return existing.stored, True
+                return _replay(existing, key, digest)
             seen = set(s.scalars(select(Sample.sample_id).where(Sample.device_id == device_id,
                                                                    Sample.sample_id.in_(ids))).all())
             fresh = [(smp, raw) for smp, raw in zip(batch.samples, raws) if smp.id not in seen]
             stored = _device_count(s, device_id)
             if stored + len(fresh) > quota:
                 raise QuotaExceeded(f"device quota of {quota} stored samples reached ({stored} stored)")
-            batch_id = s.execute(insert(Batch).values(device_id=device_id, key=key, received=now, stored=len(fresh))
+            batch_id = s.execute(insert(Batch).values(device_id=device_id, key=key, received=now, stored=len(fresh),
+                                                      digest=digest)
                                  .returning(Batch.id)).scalar_one()
             if fresh:  # one executemany through SQLAlchemy Core: the ORM's unit of work costs more than the insert
                 s.execute(insert(Sample), [
@@ -114,7 +138,19 @@ def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn
             existing = s.scalars(select(Batch).where(Batch.device_id == device_id, Batch.key == key)).first()
             if existing is None:
                 raise
-            return existing.stored, True
+            return _replay(existing, key, digest)
+
+
+def batch_digest(batch: BatchIn) -> str:
+    """sha256 of a batch's content in canonical JSON: equal for equal batches however they were serialised."""
+    return hashlib.sha256(json.dumps(batch.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _replay(existing: Batch, key: str, digest: str) -> tuple[int, bool]:
+    if existing.digest is not None and existing.digest != digest:
+        raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for a batch with other content; "
+                                  "use a new key for new samples")
+    return existing.stored, True
 
 
 class QuotaExceeded(Exception):

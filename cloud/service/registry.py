@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.service.db import ChannelEntry, Version
+from cloud.service.db import ChannelEntry, Statement, Version
 from device.agent.updater import BUNDLE_FILES
 from device.errors import EdgeloopError
 from device.runtime.bundle import MANIFEST_NAME, read_manifest, write_bundle
@@ -39,6 +39,7 @@ class Release:
     files: dict[str, dict[str, Any]]
     accuracy: float | None
     created: float
+    statement: dict[str, Any] | None = None  # the channel's signed release statement (None: unsigned)
 
     @property
     def etag(self) -> str:
@@ -48,11 +49,11 @@ class Release:
         return {"version": self.version, "name": self.name, "mode": self.mode, "etag": self.etag,
                 "accuracy": self.accuracy, "created": self.created,
                 "files": {n: {**meta, "url": f"{base_url}/v1/versions/{self.version}/files/{n}"}
-                          for n, meta in self.files.items()}}
+                          for n, meta in self.files.items()}, "statement": self.statement}
 
 
-def _release(v: Version) -> Release:
-    return Release(v.id, v.name, v.mode, v.model_sha256, json.loads(v.files), v.accuracy, v.created)
+def _release(v: Version, statement: dict[str, Any] | None = None) -> Release:
+    return Release(v.id, v.name, v.mode, v.model_sha256, json.loads(v.files), v.accuracy, v.created, statement)
 
 
 class Registry:
@@ -101,9 +102,30 @@ class Registry:
         with self.sessions.begin() as s:
             row = s.get(Version, vid)
             row.files = json.dumps(self._hash_files(target))
+            statement = None
             if channel:
                 s.add(ChannelEntry(channel=channel, version_id=vid, time=time.time()))
-            return _release(row)
+                statement = self._sign(s, channel, vid, signing_key)
+            return _release(row, statement)
+
+    def _sign(self, s: Session, channel: str, version: int, signing_key: Any | None) -> dict[str, Any] | None:
+        """Record a new release statement for ``channel`` (sequence one above its last); None without a key."""
+        if signing_key is None:
+            return None
+        from cloud.release.signing import sign_release
+
+        last = s.scalars(select(func.max(Statement.sequence)).where(Statement.channel == channel)).one()
+        statement = sign_release(self.version_dir(version), signing_key, channel, (last or 0) + 1, version).to_json()
+        s.add(Statement(channel=channel, sequence=statement["sequence"], version_id=version,
+                        body=json.dumps(statement), time=time.time()))
+        return statement
+
+    @staticmethod
+    def _statement(s: Session, channel: str, version: int) -> dict[str, Any] | None:
+        """The newest statement naming ``version`` as ``channel``'s release."""
+        row = s.scalars(select(Statement).where(Statement.channel == channel, Statement.version_id == version)
+                        .order_by(Statement.sequence.desc()).limit(1)).first()
+        return None if row is None else json.loads(row.body)
 
     @staticmethod
     def _write_blobs(src: Path, target: Path, model: bytes, manifest: Any, vid: int, signing_key: Any | None,
@@ -155,26 +177,37 @@ class Registry:
             return _release(self._get(s, version))
 
     def current(self, channel: str) -> Release | None:
+        """The channel's current version, with its newest release statement for that channel."""
         with self.sessions() as s:
             entry = s.scalars(select(ChannelEntry).where(ChannelEntry.channel == channel)
                               .order_by(ChannelEntry.id.desc()).limit(1)).first()
-            return None if entry is None else _release(self._get(s, entry.version_id))
+            if entry is None:
+                return None
+            return _release(self._get(s, entry.version_id), self._statement(s, channel, entry.version_id))
 
-    def promote(self, version: int, channel: str) -> Release:
+    def promote(self, version: int, channel: str, signing_key: Any | None = None) -> Release:
+        """Make ``version`` current on ``channel``; with ``signing_key``, sign the release statement devices
+        need to take it (without one, devices keep what they run)."""
         with self.sessions.begin() as s:
             row = self._get(s, version)
             s.add(ChannelEntry(channel=channel, version_id=version, time=time.time()))
-            return _release(row)
+            return _release(row, self._sign(s, channel, version, signing_key) or self._statement(s, channel, version))
 
-    def rollback(self, channel: str) -> Release:
-        """Make the channel's previous version current again; returns it."""
+    def rollback(self, channel: str, signing_key: Any | None = None) -> Release:
+        """Make the channel's previous version current again; returns it.
+
+        Devices refuse a release statement older than the one they run, so a rollback that
+        should reach devices is signed anew (``signing_key``), with the next sequence number.
+        """
         with self.sessions.begin() as s:
             entries = s.scalars(select(ChannelEntry).where(ChannelEntry.channel == channel)
                                 .order_by(ChannelEntry.id.desc()).limit(2)).all()
             if len(entries) < 2:
                 raise RegistryError(f"channel {channel!r} has no earlier version to roll back to")
             s.execute(delete(ChannelEntry).where(ChannelEntry.id == entries[0].id))
-            return _release(self._get(s, entries[1].version_id))
+            version = entries[1].version_id
+            return _release(self._get(s, version),
+                            self._sign(s, channel, version, signing_key) or self._statement(s, channel, version))
 
     def versions(self) -> list[dict[str, Any]]:
         """Every version, newest first, with the channels it is current on."""

@@ -22,15 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from device.agent.client import RequestRejected, ServerUnavailable, ServiceClient
-from device.agent.collector import CollectionPolicy, SampleQueue, Sampler
+from device.agent.client import RequestRejected, ServerUnavailable, ServiceClient, valid_etag
+from device.agent.collector import WIRE_DTYPES, CollectionPolicy, SampleQueue, Sampler
 from device.agent.health import HealthReport, check_health, read_canary
 from device.agent.updater import BUNDLE_FILES, BundleStore
-from device.agent.verify_signature import load_public_key, verify_bundle_signature
+from device.agent.verify_signature import (
+    ReleaseStatement,
+    load_public_key,
+    parse_statement,
+    verify_bundle_signature,
+    verify_statement,
+)
 from device.errors import BundleError, EdgeloopError, UpdateRejected
 from device.runtime.runtime import Prediction, Runtime
 
 log = logging.getLogger("edgeloop.agent")
+REPORTED_DROPS = "reported_dropped"  # queue meta: drops the server has acknowledged hearing of
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,12 @@ class AgentConfig:
     queue_max: int = 10_000
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
     num_threads: int | None = None
-    timeout: float = 10.0
+    timeout: float = 10.0  # seconds for one request to answer
+    download_timeout: float = 120.0  # seconds for one bundle file to arrive whole (a slow drip is cut off)
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval", "upload_interval", "max_backoff", "timeout"):
+        for name in ("poll_interval", "upload_interval", "max_backoff", "timeout", "download_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.jitter < 1:
@@ -78,11 +86,12 @@ class Agent:
         self.store = BundleStore(config.directory)
         self.queue = SampleQueue(Path(config.directory) / "queue.sqlite", config.queue_max)
         self.sampler = Sampler(config.policy)
-        self.client = client or (ServiceClient(config.server, config.token, config.timeout) if config.server else None)
+        self.client = client or (ServiceClient(config.server, config.token, config.timeout, config.download_timeout)
+                                 if config.server else None)
         self._public_key = load_public_key(config.public_key) if config.public_key else None
         self._lock = threading.Lock()
         self._rng = random.Random(config.seed)
-        self._reported_drops = self.queue.counters()["dropped"]
+        self._reported_drops = self.queue.meta(REPORTED_DROPS)  # drops told to the server (persisted), at start
         self._last_drop_report = -1e9
         self.events: list[dict[str, Any]] = []  # what happened, newest last (also logged and reported)
         self._runtime = self._load_current()
@@ -103,7 +112,8 @@ class Agent:
             runtime, version = self._runtime, self._version
             pred = runtime.classify(x, k=k)[0]
         if self.sampler.keep(pred.confidence, labelled=label is not None):
-            self.queue.put(np.asarray(x), pred.index, pred.confidence, version, label)
+            self.queue.put(_wire_input(np.asarray(x), runtime.input_spec.raw_dtype), pred.index, pred.confidence,
+                           version, label)
             self._report_drops()
         return pred
 
@@ -133,11 +143,17 @@ class Agent:
         raise BundleError(f"{current}: the installed model is unhealthy ({health.reason}) and there is nothing to roll back to")
 
     def _open(self, bundle: Path) -> tuple[Runtime | None, HealthReport]:
+        """Load and health-check a bundle; any failure (a model that does not load, a canary without
+        ``expected``) is an unhealthy report, never an exception."""
         try:
             runtime = Runtime(bundle, num_threads=self.config.num_threads)
-        except (EdgeloopError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a bundle does, it only makes itself unhealthy
             return None, HealthReport(False, f"does not load: {exc}")
-        health = check_health(runtime, read_canary(bundle))
+        try:
+            canary = read_canary(bundle)
+        except Exception as exc:  # noqa: BLE001 - as above
+            return None, HealthReport(False, f"unreadable canary: {exc}")
+        health = check_health(runtime, canary)
         return (runtime if health.healthy else None), health
 
     # -- updates -----------------------------------------------------------------------------
@@ -145,22 +161,24 @@ class Agent:
     def check_for_update(self) -> str:
         """Poll the channel once; returns ``unchanged``, ``updated``, ``rejected`` or ``rolled-back``.
 
-        Raises :class:`ServerUnavailable` when the server cannot be reached (the caller backs off).
+        Raises :class:`ServerUnavailable` when the server cannot be reached or a transfer fails
+        (the caller backs off and retries; a transport error never blacklists a release).
         """
         if self.client is None:
             return "unchanged"
         state = self.store.state()
-        etags = [e for e in (state.get("etag"), *state.get("rejected", [])[-3:]) if e]
+        rejected = [e for e in state.get("rejected", []) if valid_etag(e)]  # a bad one stored by an old agent is ignored
+        installed = state.get("etag") if valid_etag(state.get("etag")) else None
+        etags = [e for e in (installed, *rejected[-3:]) if e]
         try:
             release = self.client.current(self.config.channel, ", ".join(etags) or None, running=self._version)
         except RequestRejected as exc:
             if exc.status == 404:  # nothing published on this channel yet
                 return "unchanged"
             raise
-        if release is None or release.etag in state.get("rejected", []) or release.etag == state.get("etag"):
+        if release is None or release.etag in rejected or release.etag == installed:
             return "unchanged"
-        bundle_id = f"v{release.version}-" + re.sub(r"[^A-Za-z0-9]", "", release.etag)[-12:]  # a safe directory name
-        staging = self.store.staging()
+        staging: Path | None = None
         try:
             if self._public_key is None:
                 raise UpdateRejected("no pinned public key (--public-key): refusing every update")
@@ -168,34 +186,61 @@ class Agent:
                 meta = release.files.get(name)
                 if not isinstance(meta, dict) or "url" not in meta or "sha256" not in meta:
                     raise UpdateRejected(f"release v{release.version} has no {name} (unsigned bundle?)")
-                self.client.download(meta["url"], staging / name, meta["sha256"])
-            verify_bundle_signature(staging, self._public_key)
+            statement = parse_statement(release.statement)
+            verify_statement(statement, self._public_key)
+            self._check_statement(statement, release.version, state)
+            staging = self.store.staging()
+            for name in BUNDLE_FILES:
+                meta = release.files[name]
+                self.client.download(meta["url"], staging / name, meta["sha256"], size=meta.get("size"))
+            manifest, digest = verify_bundle_signature(staging, self._public_key)
+            if digest != statement.bundle:
+                raise UpdateRejected(f"v{statement.version}: the files are not the bundle its release statement names")
+            if manifest.version != str(statement.version):
+                raise UpdateRejected(f"v{statement.version}: the signed manifest says version {manifest.version!r}")
         except (UpdateRejected, RequestRejected) as exc:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             self.store.reject(release.etag)
             self._event("rejected", f"v{release.version}: {exc}", release.version)
             return "rejected"
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:  # a transport error (ServerUnavailable) or a crash: nothing is blacklisted
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
-        return self._activate(self.store.commit(staging, bundle_id), release.version, release.etag)
+        bundle_id = f"v{statement.version}-" + re.sub(r"[^A-Za-z0-9]", "", release.etag)[-12:]  # a safe directory name
+        return self._activate(self.store.commit(staging, bundle_id), statement, release.etag)
 
-    def _activate(self, bundle: Path, version: int, etag: str) -> str:
+    def _check_statement(self, statement: ReleaseStatement, announced: int, state: dict[str, Any]) -> None:
+        """Refuse a statement for another channel, another version, or not newer than the installed one."""
+        if statement.channel != self.config.channel:
+            raise UpdateRejected(f"the release statement is for channel {statement.channel!r}; this device follows "
+                                 f"{self.config.channel!r}")
+        if statement.version != announced:
+            raise UpdateRejected(f"announced as v{announced}, but its signed release statement says "
+                                 f"v{statement.version}")
+        last = state.get("sequence") if state.get("channel") == self.config.channel else None
+        if isinstance(last, int) and statement.sequence <= last:
+            raise UpdateRejected(f"v{statement.version}: release statement {statement.sequence} is not newer than the "
+                                 f"installed one ({last}): a rollback or freeze attack, or a stale mirror")
+
+    def _activate(self, bundle: Path, statement: ReleaseStatement, etag: str) -> str:
+        """Health-check ``bundle`` beside the serving model, and only then point ``current`` at it."""
+        version = statement.version
         old_state = self.store.state()
-        previous = self.store.swap(bundle)
-        self.store.update_state(previous=str(previous) if previous else None, previous_version=old_state.get("version"),
-                                previous_etag=old_state.get("etag"))
         runtime, health = self._open(bundle)
         if runtime is None:
-            if previous is not None:
-                self.store.swap(previous)
-            self.store.update_state(previous=None)
             self.store.reject(etag)
             self._event("rollback", f"v{version} failed its health check ({health.reason}); "
-                                    f"back to {old_state.get('version')}", version)
+                                    f"still serving {old_state.get('version')}", version)
             shutil.rmtree(bundle, ignore_errors=True)
             return "rolled-back"
-        self.store.update_state(version=str(version), etag=etag)
+        current = self.store.current()
+        self.store.update_state(previous=str(current) if current else None, previous_version=old_state.get("version"),
+                                previous_etag=old_state.get("etag"))
+        previous = self.store.swap(bundle)
+        self.store.update_state(version=str(version), etag=etag, sequence=statement.sequence,
+                                channel=self.config.channel)
         with self._lock:
             self._runtime, self._version = runtime, str(version)
         self.store.prune({bundle, previous} if previous else {bundle})
@@ -208,6 +253,8 @@ class Agent:
     def upload_pending(self, max_batches: int = 100) -> int:
         """Send queued samples in batches until the queue is empty; returns how many the server acknowledged.
 
+        A batch the server refuses as invalid (400, 413, 422) is set aside in the queue's
+        ``rejected`` table and reported, so it never blocks the batches behind it.
         Raises :class:`ServerUnavailable` when a batch cannot be delivered (it stays queued, same key).
         """
         if self.client is None:
@@ -221,75 +268,134 @@ class Agent:
             try:
                 self.client.upload(key, samples)
             except RequestRejected as exc:
-                if exc.status in (400, 413, 422):  # the server will never take this batch: say so, drop it
-                    self._event("upload-rejected", f"batch {key} of {len(samples)} samples: {exc}")
-                    self.queue.ack(key)
+                if exc.status in (400, 413, 422):  # the server will never take this batch: set it aside, say so
+                    n = self.queue.set_aside(key)
+                    self._event("upload-rejected", f"batch {key} of {n} samples set aside: {exc}")
                     continue
                 raise
             sent += self.queue.ack(key)
         return sent
 
     def _report_drops(self, force: bool = False) -> None:
-        """Report samples dropped over the queue cap: at once the first time, then at most every 10 s."""
-        if not force and time.monotonic() - self._last_drop_report < 10.0:
-            return
-        dropped = self.queue.counters()["dropped"]
-        if dropped > self._reported_drops:
-            self._last_drop_report = time.monotonic()
-            self._event("dropped", f"sample queue full ({self.config.queue_max}): "
-                                   f"{dropped - self._reported_drops} oldest samples dropped, {dropped} in total")
-            self._reported_drops = dropped
+        """Report samples dropped over the queue cap until the server has heard of them.
 
-    def _event(self, kind: str, detail: str, version: int | str | None = None) -> None:
-        event = {"kind": kind, "detail": detail, "version": None if version is None else str(version), "time": time.time()}
+        New drops are reported at once the first time (and on every ``force``), then at most
+        every 10 s; drops not yet delivered (offline, or before a restart) are retried every
+        10 s. What was delivered is persisted in the queue, so a restart re-reports the rest.
+        """
+        dropped = self.queue.counters()["dropped"]
+        delivered = self.queue.meta(REPORTED_DROPS)
+        new = dropped > self._reported_drops
+        if dropped <= delivered or (not new and self.client is None):
+            return
+        now = time.monotonic()
+        if not (new and force) and now - self._last_drop_report < 10.0:
+            return
+        since = self._reported_drops if new else delivered
+        self._last_drop_report, self._reported_drops = now, dropped
+        if self._event("dropped", f"sample queue full ({self.config.queue_max}): "
+                                  f"{dropped - since} oldest samples dropped, {dropped} in total"):
+            self.queue.set_meta(REPORTED_DROPS, dropped)
+
+    def _event(self, kind: str, detail: str, version: int | str | None = None) -> bool:
+        """Record an event, log it and report it to the server; True if the server acknowledged it."""
+        event = {"kind": kind, "detail": detail[:1900], "version": None if version is None else str(version)[:64],
+                 "time": time.time()}
         self.events.append(event)
+        del self.events[:-1000]  # a long-lived agent keeps the newest thousand
         (log.warning if kind in ("rejected", "rollback", "dropped", "upload-rejected") else log.info)("%s: %s", kind, detail)
-        if self.client is not None:
-            try:
-                self.client.report(kind, event["version"], detail, self.queue.counters())
-            except EdgeloopError as exc:  # reporting is best effort; the event stays in self.events and the log
-                log.info("could not report %s: %s", kind, exc)
+        if self.client is None:
+            return False
+        try:
+            self.client.report(kind, event["version"], event["detail"], self.queue.counters())
+            return True
+        except EdgeloopError as exc:  # reporting is best effort; the event stays in self.events and the log
+            log.info("could not report %s: %s", kind, exc)
+            return False
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, duration: float | None = None,
             on_cycle: Callable[[str, int], None] | None = None) -> None:
-        """Poll and upload until ``stop`` is set or ``duration`` seconds pass, backing off on failures."""
+        """Poll and upload until ``stop`` is set or ``duration`` seconds pass, backing off on failures.
+
+        Updates run in their own thread with their own backoff, so a slow or failing download
+        never holds back sample uploads, and an upload outage never delays an update.
+        """
         stop = stop or threading.Event()
         deadline = None if duration is None else time.monotonic() + duration
+
+        def poll() -> tuple[str, int]:
+            return self.check_for_update(), 0
+
+        def upload() -> tuple[str, int]:
+            self._report_drops(force=True)
+            return "idle", self.upload_pending()
+
+        updater = threading.Thread(target=self._loop, name="edgeloop-updater", daemon=True,
+                                   args=(poll, self.config.poll_interval, True, stop, deadline, on_cycle))
+        updater.start()
+        try:
+            self._loop(upload, self.config.upload_interval, False, stop, deadline, on_cycle)
+        except BaseException:  # e.g. KeyboardInterrupt: stop the updater too
+            stop.set()
+            raise
+        finally:
+            updater.join(self.config.download_timeout + 3 * self.config.timeout + 5)
+
+    def _loop(self, step: Callable[[], tuple[str, int]], interval: float, jittered: bool, stop: threading.Event,
+              deadline: float | None, on_cycle: Callable[[str, int], None] | None) -> None:
         failures = 0
-        next_poll = next_upload = time.monotonic()
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            now = time.monotonic()
             outcome, sent = "idle", 0
             try:
-                if now >= next_poll:
-                    outcome = self.check_for_update()
-                    next_poll = now + backoff_delay(0, self.config.poll_interval, self.config.poll_interval,
-                                                    self.config.jitter, self._rng)
-                if now >= next_upload:
-                    self._report_drops(force=True)
-                    sent = self.upload_pending()
-                    next_upload = now + self.config.upload_interval
+                outcome, sent = step()
                 failures = 0
+                delay = backoff_delay(0, interval, interval, self.config.jitter if jittered else 0.0, self._rng)
             except RequestRejected as exc:  # e.g. a revoked token: say so loudly, keep serving, try again later
                 failures += 1
                 log.error("%s", exc)
-                next_poll = next_upload = now + self.config.max_backoff
+                delay = self.config.max_backoff
                 outcome = f"refused ({exc.status})"
             except ServerUnavailable as exc:
                 failures += 1
-                delay = exc.retry_after or backoff_delay(failures - 1, min(1.0, self.config.poll_interval),
-                                                         self.config.max_backoff, self.config.jitter, self._rng)
+                delay = self.retry_delay(failures, exc.retry_after)
                 log.info("server unavailable (%s); retrying in %.1f s", exc, delay)
-                next_poll = next_upload = now + delay
                 outcome = "unavailable"
+            except Exception as exc:  # noqa: BLE001 - the last line of defence: never let the loop die
+                failures += 1
+                delay = self.retry_delay(failures, None)
+                log.exception("unexpected error (%s); retrying in %.1f s", exc, delay)
+                outcome = "error"
             if on_cycle is not None:
                 on_cycle(outcome, sent)
-            wait = min(next_poll, next_upload) - time.monotonic()
+            wait = delay
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
             stop.wait(max(0.01, wait))
 
+    def retry_delay(self, failures: int, retry_after: float | None) -> float:
+        """How long to wait after ``failures`` failures in a row: exponential backoff, lengthened (never
+        shortened) by the server's ``Retry-After``, and never beyond ``max_backoff``."""
+        delay = backoff_delay(failures - 1, min(1.0, self.config.poll_interval), self.config.max_backoff,
+                              self.config.jitter, self._rng)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.max_backoff))
+        return min(delay, self.config.max_backoff * (1 + self.config.jitter))
+
     def close(self) -> None:
         self.queue.close()
+
+
+def _wire_input(x: np.ndarray, raw_dtype: str) -> np.ndarray:
+    """``x`` in a dtype the service stores, when that loses nothing (an int64 image of 0-255 becomes
+    uint8); otherwise as it is, and a server that refuses it gets the batch set aside."""
+    if x.dtype.name in WIRE_DTYPES:
+        return x
+    for dtype in (raw_dtype, "float32"):
+        if dtype in WIRE_DTYPES:
+            with np.errstate(all="ignore"):
+                cast = x.astype(dtype)
+            if cast.shape == x.shape and np.array_equal(cast, x):
+                return cast
+    return x

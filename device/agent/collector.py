@@ -23,6 +23,8 @@ import numpy as np
 from device.errors import CollectorError
 
 POLICIES = ("all", "random", "low-confidence", "none")
+WIRE_DTYPES = ("uint8", "int8", "float32")  # the input dtypes the service stores
+MAX_SET_ASIDE = 1000  # refused samples kept for inspection (newest)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_batch ON samples(batch);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, reason TEXT);
 """
 
 
@@ -146,16 +149,39 @@ class SampleQueue:
             self._bump("sent", n)
         return n
 
+    def set_aside(self, batch: str) -> int:
+        """The server refused ``batch`` as invalid: move its samples to the ``rejected`` table (the newest
+        :data:`MAX_SET_ASIDE` are kept for inspection) so they stop blocking the queue. Returns how many."""
+        with self._lock, self._tx():
+            self._db.execute("INSERT INTO rejected(body) SELECT body FROM samples WHERE batch = ? ORDER BY seq", (batch,))
+            n = self._db.execute("DELETE FROM samples WHERE batch = ?", (batch,)).rowcount
+            self._db.execute("DELETE FROM rejected WHERE seq <= (SELECT MAX(seq) FROM rejected) - ?", (MAX_SET_ASIDE,))
+            self._bump("rejected", n)
+        return n
+
+    def meta(self, key: str) -> int:
+        """A persisted integer (0 when unset): counters, and what the agent has reported of them."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_meta(self, key: str, value: int) -> None:
+        with self._lock, self._tx():
+            self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, int(value)))
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
     def counters(self) -> dict[str, int]:
-        """``queued``, ``sent`` (acknowledged) and ``dropped`` (over the cap) since the queue was created."""
+        """``queued``, ``sent`` (acknowledged), ``dropped`` (over the cap) and ``rejected`` (refused by the
+        server as invalid, set aside) since the queue was created."""
         with self._lock:
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             queued = int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
-        return {"queued": queued, "sent": int(meta.get("sent", 0)), "dropped": int(meta.get("dropped", 0))}
+        return {"queued": queued, "sent": int(meta.get("sent", 0)), "dropped": int(meta.get("dropped", 0)),
+                "rejected": int(meta.get("rejected", 0))}
 
     def _bump(self, key: str, n: int) -> None:
         if n:

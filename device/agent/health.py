@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 
 from device.agent.verify_signature import CANARY_NAME
+from device.errors import UpdateRejected
+
+
+class CanaryError(UpdateRejected):
+    """A bundle's ``canary.npz`` cannot be read or lacks ``x``/``expected``: the bundle is unhealthy."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,23 @@ class HealthReport:
 
 
 def read_canary(bundle_dir: Path | str) -> Canary | None:
-    """The bundle's canary, or None when it has none (the unsigned shipped defaults)."""
+    """The bundle's canary, or None when it has none (the unsigned shipped defaults).
+
+    Raises :class:`CanaryError` for a canary that exists but cannot be used.
+    """
     path = Path(bundle_dir) / CANARY_NAME
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        return Canary(np.asarray(data["x"]), np.asarray(data["expected"], dtype=np.float32))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x", "expected") if k not in data.files]
+            if missing:
+                raise CanaryError(f"{path}: the canary has no {' or '.join(missing)}")
+            return Canary(np.asarray(data["x"]), np.asarray(data["expected"], dtype=np.float32))
+    except CanaryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a zip, a pickle or a shape np.load refuses: all mean "bad canary"
+        raise CanaryError(f"{path}: unreadable canary ({type(exc).__name__}: {exc})") from None
 
 
 def compare_canary(probs: np.ndarray, canary: Canary, tol: HealthTolerance = HealthTolerance()) -> HealthReport:

@@ -40,9 +40,10 @@ class BundleStore:
 
     def state(self) -> dict[str, Any]:
         try:
-            return json.loads((self.root / STATE).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            state = json.loads((self.root / STATE).read_text())
+        except (OSError, ValueError):
             return {}
+        return state if isinstance(state, dict) else {}
 
     def update_state(self, **changes: Any) -> dict[str, Any]:
         state = {**self.state(), **changes}

@@ -31,6 +31,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -487,19 +489,87 @@ def check_tflite_bytes(content: bytes, path: Path | str) -> None:
         raise BundleError(f"{path}: not a TFLite model (the flatbuffer identifier 'TFL3' is missing)")
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB; a profile for drift monitoring stays far below this
+MAX_JSON_DEPTH = 32  # the deepest manifest edgeloop writes nests 5 levels
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def load_json(content: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode UTF-8 JSON that an attacker may have written: bounded nesting, no NaN, clear errors.
+
+    Raises :class:`BundleError` naming ``where`` for invalid UTF-8, malformed JSON, nesting deeper
+    than ``max_depth`` (checked before decoding, so a 200,000-level document costs one scan, not a
+    ``RecursionError``) and the non-JSON constants ``NaN``/``Infinity``.
+    """
+    depth = 0
+    for token in _JSON_TOKENS.finditer(content):
+        c = token.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise BundleError(f"{where}: JSON nested deeper than {max_depth} levels")
+        elif c in (b"]", b"}"):
+            depth -= 1
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+    def no_constants(name: str) -> Any:
+        raise BundleError(f"{where}: {name} is not a JSON number")
+
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{where}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # unreachable after the depth scan; kept so no input can escape as a traceback
+        raise BundleError(f"{where}: JSON nested too deeply") from None
+
+
+def read_regular_file(path: Path | str, max_bytes: int, what: str = "file") -> bytes:
+    """Read at most ``max_bytes`` of a regular file; refuse FIFOs, devices, sockets and directories.
+
+    The file is opened non-blocking and checked with ``fstat`` on the open descriptor, so a
+    FIFO cannot hang the reader and a symlink to ``/dev/zero`` cannot fill memory. Raises
+    :class:`BundleError` (``FileNotFoundError`` is re-raised for the caller to word).
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot open the {what} ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path}: the {what} is not a regular file (a FIFO, device, socket or directory)")
+        if st.st_size > max_bytes:
+            raise BundleError(f"{path}: the {what} is {st.st_size} bytes, more than the {max_bytes} allowed")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if size > max_bytes:  # it grew while being read
+        raise BundleError(f"{path}: the {what} is more than the {max_bytes} bytes allowed")
+    return b"".join(chunks)
+
+
 def read_manifest(bundle_dir: Path | str) -> Manifest:
-    """Read and validate ``bundle_dir/manifest.json``."""
+    """Read and validate ``bundle_dir/manifest.json`` (a regular file of at most :data:`MAX_MANIFEST_BYTES`)."""
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        content = read_regular_file(path, MAX_MANIFEST_BYTES, "manifest")
     except FileNotFoundError:
         raise BundleError(f"{path}: no manifest.json in this bundle directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: cannot read the manifest ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    data = load_json(content, str(path))
     try:
         return parse_manifest(data)
     except BundleError as exc:
@@ -507,14 +577,20 @@ def read_manifest(bundle_dir: Path | str) -> Manifest:
 
 
 def read_model_bytes(bundle_dir: Path | str, manifest: Manifest, verify: bool = True) -> bytes:
-    """Read the bundle's .tflite and check it against the manifest's size and sha256."""
+    """Read the bundle's .tflite and check it against the manifest's size and sha256.
+
+    At most ``manifest.size_bytes`` bytes are read, and only from a regular file.
+    """
     path = Path(bundle_dir) / manifest.model_file
     try:
-        content = path.read_bytes()
+        content = read_regular_file(path, manifest.size_bytes, "model")
     except FileNotFoundError:
         raise BundleError(f"{path}: the model file named in the manifest is missing") from None
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read the model ({exc})") from None
+    except BundleError as exc:
+        if verify and "more than" in str(exc):
+            raise IntegrityError(f"{exc}: the manifest says {manifest.size_bytes} bytes; the file is corrupted "
+                                 "or was replaced") from None
+        raise
     if verify:
         digest = sha256_bytes(content)
         if digest != manifest.sha256:

@@ -35,7 +35,7 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
     sessions, registry, key, _, tokens = setup_service(tmp_path / "svc", ("pi-kitchen", "phone-ana"))
     v1 = registry.publish(SHIPPED / "mnist-cnn-int8", "stable", key)
     v2 = registry.publish(SHIPPED / "mnist-cnn-float32", "canary", key)
-    with ServiceProcess(tmp_path / "svc") as svc:
+    with ServiceProcess(tmp_path / "svc", admin_token="dashboard-admin-token") as svc:
         # 12 labelled samples from v1, 9 of them right (75.0%), 3 unlabelled; 4 from v2, all right
         samples = [_sample(i, i % 10, i % 10 if i < 9 else (i + 1) % 10, str(v1.version)) for i in range(12)]
         samples += [_sample(100 + i, 1, None, str(v1.version)) for i in range(3)]
@@ -49,7 +49,9 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
             # a fresh profile directory (Playwright's way of passing --user-data-dir)
             browser = p.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"), executable_path=CHROMIUM,
                                                            headless=True, args=FLAGS,
-                                                           viewport={"width": 1280, "height": 800})
+                                                           viewport={"width": 1280, "height": 800},
+                                                           http_credentials={"username": "admin",
+                                                                             "password": "dashboard-admin-token"})
             try:
                 page = browser.new_page()
                 page.goto(svc.url + "/", wait_until="load", timeout=30_000)

@@ -19,6 +19,7 @@ from tests.service_helpers import ServiceProcess, setup_service
 
 pytestmark = pytest.mark.service
 
+ADMIN = "admin-token-for-the-api-tests"
 LIMITS = ("--rate", "5", "--burst", "40", "--max-batch", "50", "--max-request-bytes", "100000", "--device-quota", "300")
 
 
@@ -26,7 +27,7 @@ LIMITS = ("--rate", "5", "--burst", "40", "--max-batch", "50", "--max-request-by
 def service(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("svc")
     sessions, registry, key, public, tokens = setup_service(data, ("dev1", "dev2", "dev3", "hammer", "quota", "fuzz"))
-    with ServiceProcess(data, extra=LIMITS) as svc:
+    with ServiceProcess(data, extra=LIMITS, admin_token=ADMIN) as svc:
         yield svc, sessions, registry, key, tokens
 
 
@@ -53,7 +54,7 @@ def _stored(sessions, device: str) -> list[str]:
 
 def test_openapi_schema_is_served(service) -> None:
     svc = service[0]
-    schema = httpx.get(svc.url + "/openapi.json").json()
+    schema = httpx.get(svc.url + "/openapi.json", headers=svc.admin).json()
     assert {"/v1/samples", "/v1/channels/{channel}/current", "/v1/events", "/v1/versions"} <= set(schema["paths"])
     body = schema["paths"]["/v1/samples"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     sample = body["properties"]["samples"]["items"]
@@ -82,7 +83,7 @@ def test_release_etag_promote_and_rollback(service) -> None:
     assert r.status_code == 200 and r.json()["version"] == v2.version and r.headers["etag"] == v2.etag != v1.etag
     assert registry.rollback("stable").version == v1.version
     assert httpx.get(svc.url + "/v1/channels/stable/current", headers={**h, "If-None-Match": v1.etag}).status_code == 304
-    listed = {v["version"]: v for v in httpx.get(svc.url + "/v1/versions").json()}
+    listed = {v["version"]: v for v in httpx.get(svc.url + "/v1/versions", headers=svc.admin).json()}
     assert listed[v1.version]["channels"] == ["stable"] and listed[v2.version]["channels"] == ["canary"]
 
 

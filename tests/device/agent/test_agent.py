@@ -59,7 +59,7 @@ def test_queue_overflow_is_reported(tmp_path: Path) -> None:
                               policy=CollectionPolicy("all")))
     for i in range(8):
         agent.predict(np.full((28, 28, 1), i, np.uint8))
-    assert agent.queue.counters() == {"queued": 5, "sent": 0, "dropped": 3}
+    assert agent.queue.counters() == {"queued": 5, "sent": 0, "dropped": 3, "rejected": 0}
     drops = [e for e in agent.events if e["kind"] == "dropped"]
     assert len(drops) == 1 and "1 in total" in drops[0]["detail"]  # reported at once, then at most every 10 s
     agent._report_drops(force=True)  # what each upload cycle of the run loop does

@@ -38,7 +38,7 @@ def test_cap_drops_oldest_and_counts_them(tmp_path: Path) -> None:
     q = SampleQueue(tmp_path / "q.sqlite", max_samples=5)
     ids = [q.put(_x(i), i % 10, 0.5, "1") for i in range(8)]
     assert len(q) == 5
-    assert q.counters() == {"queued": 5, "sent": 0, "dropped": 3}
+    assert q.counters() == {"queued": 5, "sent": 0, "dropped": 3, "rejected": 0}
     key, batch = q.next_batch(10)
     assert [s["id"] for s in batch] == ids[3:]  # the three oldest went
 
@@ -57,7 +57,7 @@ def test_batches_survive_a_restart_with_the_same_key(tmp_path: Path) -> None:
     assert key3 != key and [s["id"] for s in rest] == ids[4:]
     q.ack(key3)
     assert q.next_batch(4) is None
-    assert q.counters() == {"queued": 0, "sent": 7, "dropped": 0}
+    assert q.counters() == {"queued": 0, "sent": 7, "dropped": 0, "rejected": 0}
 
 
 def test_samples_in_a_pending_batch_are_not_dropped(tmp_path: Path) -> None:
