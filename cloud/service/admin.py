@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from device.errors import EdgeloopError
 
 BUNDLE_MEMBERS = ("manifest.json", "model.tflite", "canary.npz")
+Auth = Annotated[str | None, Header()]  # module level: FastAPI resolves these (string) annotations in the globals
 MAX_BUNDLE_BYTES = 64 << 20
 
 
@@ -117,7 +118,6 @@ def admin_router(ctx: AdminContext) -> APIRouter:
     from cloud.service.rollout import RolloutError
 
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
-    Auth = Annotated[str | None, Header()]
 
     def guarded(fn: Callable[[], Any]) -> Any:
         try:

@@ -70,8 +70,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             out = client.request("GET", f"/rollouts/{ref}") if args.what == "status" else \
                 client.request("POST", f"/rollouts/{ref}/{args.what}")
         else:
-            from cloud.service.cli import open_registry
             from cloud.service.rollout_store import rollout_status, set_state
+            from cloud.service.store import open_registry
 
             sessions, registry = open_registry(args)
             if args.what == "status":
@@ -95,8 +95,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if client is not None:
         out = client.request("POST", "/rollouts", body)
     else:
-        from cloud.service.cli import open_registry
         from cloud.service.rollout_store import start_rollout
+        from cloud.service.store import open_registry
 
         plan = RolloutPlan(stages=parse_stages(args.stages), hold_s=parse_duration(args.hold),
                            min_devices=args.min_devices, min_labelled=args.min_labelled,
@@ -119,7 +119,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     if client is not None:
         rows = client.request("GET", "/drift", query={"per_device": str(bool(args.per_device)).lower(), "since": since})
     else:
-        from cloud.service.cli import open_registry
+        from cloud.service.store import open_registry
         from cloud.service.summaries import drift_table
 
         sessions, registry = open_registry(args)
@@ -146,8 +146,8 @@ def cmd_forget_device(args: argparse.Namespace) -> int:
     if client is not None:
         n = client.request("DELETE", f"/devices/{args.name}/samples")["deleted"]
     else:
-        from cloud.service.cli import open_registry
         from cloud.service.governance import forget_device
+        from cloud.service.store import open_registry
 
         sessions, _ = open_registry(args)
         n = forget_device(sessions, args.name)

@@ -62,7 +62,7 @@ def announce(registry: Any, channel: str, version: int, signing_key: Any | None)
     A rollout signs one for its version when it starts, and one for the base version when it
     halts or is aborted, so devices that took the new version accept the old one back.
     """
-    if signing_key is not None and hasattr(registry, "sign_statement"):
+    if signing_key is not None:
         registry.sign_statement(channel, version, signing_key)
 
 

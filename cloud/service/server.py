@@ -65,11 +65,13 @@ def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
     return GuardedH11Protocol
 
 
-def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, log_level: str = "warning") -> Any:
+def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, log_level: str = "warning",
+                   **extra: Any) -> Any:
+    """uvicorn's config with these limits; ``extra`` passes on (``factory``, ``workers`` for several processes)."""
     import uvicorn
 
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
                           http=guarded_protocol(limits.header_timeout_s),
                           h11_max_incomplete_event_size=limits.max_header_bytes,
                           timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_concurrency,
-                          backlog=limits.backlog)
+                          backlog=limits.backlog, **extra)

@@ -21,7 +21,7 @@ from cloud.service.rollout import bucket
 from device.agent.agent import Agent, AgentConfig
 from device.agent.collector import CollectionPolicy
 from device.runtime.bundle import Normalization, read_manifest, write_bundle
-from tests.conftest import SHIPPED, run_cli
+from tests.conftest import ROOT, SHIPPED, run_cli
 from tests.service_helpers import ServiceProcess, setup_service
 
 pytestmark = pytest.mark.service
@@ -137,7 +137,7 @@ def test_a_good_release_advances_through_every_stage_and_a_bad_one_halts_and_rev
         finally:
             for agent in agents.values():
                 agent.close()
-    out = Path("runs/issue13")
+    out = ROOT / "runs" / "issue13"
     out.mkdir(parents=True, exist_ok=True)
     (out / "rollout-transcript.txt").write_text(good_text + "\n" + bad_text)
     print(good_text, bad_text, sep="\n")
