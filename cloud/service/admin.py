@@ -1,9 +1,9 @@
 """The admin API (``/v1/admin/…``): publish, promote, roll back, roll out, add and revoke devices,
 forget a device's samples, export samples, and the drift table, for an operator's CLI on another host.
 
-Every endpoint first calls ``require_admin(authorization)``, the one admin-token check the app
-makes (:func:`cloud.service.auth.admin_guard`); a device token is not the admin token, so it
-never gets past it. A bundle is uploaded as an uncompressed tar of its directory; only the
+Every endpoint depends on ``require_admin(authorization)``, the one admin-token check the app
+makes (:func:`cloud.service.auth.admin_guard`), as a router-wide dependency that runs before any
+body is parsed; a device token is not the admin token, so it never gets past it. A bundle is uploaded as an uncompressed tar of its directory; only the
 bundle's own file names are taken from it, as regular files, within a size cap.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +29,7 @@ from device.errors import EdgeloopError
 BUNDLE_MEMBERS = ("manifest.json", "model.tflite", "canary.npz")
 Auth = Annotated[str | None, Header()]  # module level: FastAPI resolves these (string) annotations in the globals
 MAX_BUNDLE_BYTES = 64 << 20
+PUBLISH_PATH = "/v1/admin/versions"  # the one body allowed past the service's request cap, up to MAX_BUNDLE_BYTES
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,11 @@ def admin_router(ctx: AdminContext) -> APIRouter:
     from cloud.service.registry import RegistryError
     from cloud.service.rollout import RolloutError
 
-    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+    def admin_only(authorization: Auth = None) -> None:
+        ctx.require_admin(authorization)
+
+    # a router-wide dependency runs before any body is parsed: no admin token, no look at the body
+    router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(admin_only)])
 
     def guarded(fn: Callable[[], Any]) -> Any:
         try:
@@ -128,14 +133,12 @@ def admin_router(ctx: AdminContext) -> APIRouter:
             raise HTTPException(400, str(exc)) from None
 
     @router.get("/versions", summary="Every published version, newest first")
-    def versions(authorization: Auth = None) -> list[dict[str, Any]]:
-        ctx.require_admin(authorization)
+    def versions() -> list[dict[str, Any]]:
         return ctx.registry.versions()
 
     @router.post("/versions", summary="Publish a bundle (body: a tar of its directory), signed by the server's key")
-    async def publish(request: Request, authorization: Auth = None, channel: str | None = None, note: str = "",
+    async def publish(request: Request, channel: str | None = None, note: str = "",
                       accuracy: float | None = None) -> dict[str, Any]:
-        ctx.require_admin(authorization)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -158,60 +161,53 @@ def admin_router(ctx: AdminContext) -> APIRouter:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @router.post("/channels/{channel}/promote", summary="Make a version current on a channel")
-    def promote(channel: str, body: PromoteIn, authorization: Auth = None) -> dict[str, Any]:
-        ctx.require_admin(authorization)
+    def promote(channel: str, body: PromoteIn) -> dict[str, Any]:
         return guarded(lambda: ctx.registry.promote(body.version, channel, ctx.signing_key())).to_json()
 
     @router.post("/channels/{channel}/rollback", summary="Make a channel's previous version current again")
-    def rollback(channel: str, authorization: Auth = None) -> dict[str, Any]:
-        ctx.require_admin(authorization)
+    def rollback(channel: str) -> dict[str, Any]:
         return guarded(lambda: ctx.registry.rollback(channel, ctx.signing_key())).to_json()
 
     @router.post("/rollouts", summary="Start a staged rollout of a version on a channel")
-    def start(body: RolloutIn, authorization: Auth = None) -> dict[str, Any]:
+    def start(body: RolloutIn) -> dict[str, Any]:
         from cloud.service.rollout_store import start_rollout
 
-        ctx.require_admin(authorization)
         return guarded(lambda: start_rollout(ctx.sessions, ctx.registry, body.version, body.channel, body.plan(),
                                              signing_key=ctx.signing_key()))
 
     @router.get("/rollouts", summary="Every rollout with its decisions, newest first")
-    def rollouts(authorization: Auth = None) -> list[dict[str, Any]]:
+    def rollouts() -> list[dict[str, Any]]:
         from cloud.service.rollout_store import rollout_status
 
-        ctx.require_admin(authorization)
         return rollout_status(ctx.sessions, ctx.registry)
 
     @router.get("/rollouts/{rollout}", summary="One rollout (by id, or a channel's active or latest one)")
-    def rollout(rollout: str, authorization: Auth = None) -> dict[str, Any]:
+    def rollout(rollout: str) -> dict[str, Any]:
         from cloud.service.rollout_store import rollout_status
 
-        ctx.require_admin(authorization)
         return guarded(lambda: rollout_status(ctx.sessions, ctx.registry, rollout))[0]
 
-    @router.post("/rollouts/{rollout}/{action}", summary="pause, resume or abort a rollout")
-    def act(rollout: str, action: str, authorization: Auth = None) -> dict[str, Any]:
-        from cloud.service.rollout_store import set_state
+    @router.post("/rollouts/{rollout}/{action}", summary="pause, resume or abort a rollout; returns its status")
+    def act(rollout: str, action: str) -> dict[str, Any]:
+        from cloud.service.rollout_store import rollout_status, set_state
 
-        ctx.require_admin(authorization)
-        return guarded(lambda: set_state(ctx.sessions, rollout, action, registry=ctx.registry,
-                                         signing_key=ctx.signing_key()))
+        row = guarded(lambda: set_state(ctx.sessions, rollout, action, registry=ctx.registry,
+                                        signing_key=ctx.signing_key()))
+        return rollout_status(ctx.sessions, ctx.registry, row["id"])[0]
 
     @router.post("/devices", summary="Register a device; returns its token (shown once)")
-    def add(body: DeviceIn, authorization: Auth = None) -> dict[str, str]:
+    def add(body: DeviceIn) -> dict[str, str]:
         from cloud.service.auth import add_device
 
-        ctx.require_admin(authorization)
         try:
             return {"device": body.name, "token": add_device(ctx.sessions, body.name)}
         except EdgeloopError as exc:
             raise HTTPException(409, str(exc)) from None
 
     @router.post("/devices/{name}/revoke", summary="Revoke a device's token at once")
-    def revoke(name: str, authorization: Auth = None) -> dict[str, str]:
+    def revoke(name: str) -> dict[str, str]:
         from cloud.service.auth import revoke_device
 
-        ctx.require_admin(authorization)
         try:
             revoke_device(ctx.sessions, name)
         except EdgeloopError as exc:
@@ -219,21 +215,19 @@ def admin_router(ctx: AdminContext) -> APIRouter:
         return {"device": name, "revoked": "yes"}
 
     @router.delete("/devices/{name}/samples", summary="Delete every sample a device sent (forget-device)")
-    def forget(name: str, authorization: Auth = None) -> dict[str, Any]:
+    def forget(name: str) -> dict[str, Any]:
         from cloud.service.governance import UnknownDeviceName, forget_device
 
-        ctx.require_admin(authorization)
         try:
             return {"device": name, "deleted": forget_device(ctx.sessions, name)}
         except UnknownDeviceName as exc:
             raise HTTPException(404, str(exc)) from None
 
     @router.get("/samples", summary="Export samples as JSON lines (newest first)")
-    def export(authorization: Auth = None, version: str | None = None, labelled: bool = False,
+    def export(version: str | None = None, labelled: bool = False,
                limit: Annotated[int, Field(ge=1, le=100_000)] = 1000) -> StreamingResponse:
         from cloud.service.governance import iter_samples
 
-        ctx.require_admin(authorization)
         limit = max(1, min(int(limit), 100_000))
 
         def lines() -> Iterator[bytes]:
@@ -242,10 +236,9 @@ def admin_router(ctx: AdminContext) -> APIRouter:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @router.get("/drift", summary="Drift (PSI) per version, and per device with per_device=true")
-    def drift(authorization: Auth = None, per_device: bool = False, since: float = 0.0) -> list[dict[str, Any]]:
+    def drift(per_device: bool = False, since: float = 0.0) -> list[dict[str, Any]]:
         from cloud.service.summaries import drift_table
 
-        ctx.require_admin(authorization)
         return drift_table(ctx.sessions, ctx.registry, since=since, per_device=per_device)
 
     return router

@@ -28,7 +28,7 @@ from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
 from cloud.service import dashboard
-from cloud.service.admin import AdminContext, admin_router
+from cloud.service.admin import MAX_BUNDLE_BYTES, PUBLISH_PATH, AdminContext, admin_router
 from cloud.service.auth import RateLimit, RateLimiter, TokenCache, admin_guard
 from cloud.service.db import Device, Event, database_url, make_engine, make_sessionmaker
 from cloud.service.ingest import (
@@ -93,18 +93,20 @@ class BodyLimit:
 
     A declared ``Content-Length`` over the limit is refused without reading a byte; a body that
     streams past the limit is cut off there. Either way nothing over the limit is buffered.
+    ``overrides`` gives a path its own limit (the admin bundle upload).
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, overrides: dict[str, int] | None = None) -> None:
+        self.app, self.default_bytes, self.overrides = app, max_bytes, overrides or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.overrides.get(scope.get("path", ""), self.default_bytes)
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await _too_large(send, self.max_bytes)
+            if name == b"content-length" and (not value.isdigit() or int(value) > max_bytes):
+                await _too_large(send, max_bytes)
                 return
         seen, started = 0, False
 
@@ -113,7 +115,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise _BodyTooLarge
             return message
 
@@ -126,7 +128,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _too_large(send, self.max_bytes)
+                await _too_large(send, max_bytes)
 
 
 class _BodyTooLarge(Exception):
@@ -195,7 +197,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="edgeloop service", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Signed model releases for a device fleet, sample ingestion, and a dashboard.")
     app.state.registry, app.state.sessions, app.state.engine = registry, sessions, engine
-    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, overrides={PUBLISH_PATH: MAX_BUNDLE_BYTES})
     if config.worker_header:
         app.add_middleware(WorkerHeader)
     admin = AdminContext(sessions, registry, key_path, require_admin)
