@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cloud.errors import ExportVerificationError
+from cloud.export.profile import add_profile
 from cloud.export.quantize import COMPATS, IO_TYPES, convert
 from cloud.export.source import SourceOptions, TrainedRun, keras_logits, load_source  # noqa: F401 (re-exported)
 from cloud.export.verify import TOLERANCES, Tolerance, Verification, verify_bundle
@@ -207,6 +208,7 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
             )
         metrics = {**verification.to_json(), "keras_test_accuracy": verification.keras_accuracy}
         write_bundle(staging, tflite, replace(manifest, metrics=metrics))
+        add_profile(staging, test.x)  # the reference for drift monitoring: the data it was verified on
         _replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -28,6 +28,7 @@ from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
 from cloud.service import dashboard
+from cloud.service.admin import MAX_BUNDLE_BYTES, PUBLISH_PATH, AdminContext, admin_router
 from cloud.service.auth import RateLimit, RateLimiter, TokenCache, admin_guard
 from cloud.service.db import Device, Event, database_url, make_engine, make_sessionmaker
 from cloud.service.ingest import (
@@ -40,6 +41,10 @@ from cloud.service.ingest import (
     validation_errors,
 )
 from cloud.service.registry import Registry, RegistryError
+from cloud.service.rollout_store import active_rollout
+from cloud.service.shared_limits import SharedRateLimiter
+from cloud.service.summaries import SummaryIn, store_summary
+from cloud.service.ticker import Ticker, TickerConfig
 
 SEEN_RESOLUTION_S = 5.0  # "last seen" on the dashboard is this precise; it saves a write per poll
 
@@ -56,6 +61,12 @@ class ServiceConfig:
     admin_token: str | None = None  # guards the dashboard, /v1/versions and the docs; None: they are off
     # failed authentications per client address: beyond this, 429 instead of 401 (slows token guessing)
     auth_failures: RateLimit = field(default_factory=lambda: RateLimit(rate=2.0, burst=30))
+    # rate limits in the database, shared by every worker and host (serve --workers N turns it on)
+    shared_limits: bool = False
+    ticker: TickerConfig = field(default_factory=TickerConfig)  # rollouts, retention
+    auto_retrain: Any = None  # an AutoRetrainConfig: retrain when the channel's current version drifts
+    signing_key_path: Path | None = None  # default DATA/keys/signing.key: signs rollout and admin release statements
+    worker_header: bool = False  # X-Edgeloop-Worker: <pid> on every response (to see the workers share the load)
 
     def __post_init__(self) -> None:
         if self.release_cache_s < 0:
@@ -82,18 +93,20 @@ class BodyLimit:
 
     A declared ``Content-Length`` over the limit is refused without reading a byte; a body that
     streams past the limit is cut off there. Either way nothing over the limit is buffered.
+    ``overrides`` gives a path its own limit (the admin bundle upload).
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, overrides: dict[str, int] | None = None) -> None:
+        self.app, self.default_bytes, self.overrides = app, max_bytes, overrides or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.overrides.get(scope.get("path", ""), self.default_bytes)
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await _too_large(send, self.max_bytes)
+            if name == b"content-length" and (not value.isdigit() or int(value) > max_bytes):
+                await _too_large(send, max_bytes)
                 return
         seen, started = 0, False
 
@@ -102,7 +115,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise _BodyTooLarge
             return message
 
@@ -115,11 +128,32 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _too_large(send, self.max_bytes)
+                await _too_large(send, max_bytes)
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class WorkerHeader:
+    """ASGI middleware: ``X-Edgeloop-Worker: <pid>`` on every response, to see which worker answered."""
+
+    def __init__(self, app: Any) -> None:
+        import os
+
+        self.app, self.pid = app, str(os.getpid()).encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-edgeloop-worker", self.pid)]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
 
 
 async def _too_large(send: Any, max_bytes: int) -> None:
@@ -153,13 +187,44 @@ def create_app(config: ServiceConfig) -> FastAPI:
     sessions = make_sessionmaker(engine)
     registry = Registry(sessions, config.data_dir)
     tokens = TokenCache(sessions)
-    limiter = RateLimiter(config.rate)
-    auth_failures = RateLimiter(config.auth_failures)
+    if config.shared_limits:
+        limiter: Any = SharedRateLimiter(sessions, config.rate, "dev")
+        auth_failures: Any = SharedRateLimiter(sessions, config.auth_failures, "auth")
+    else:
+        limiter, auth_failures = RateLimiter(config.rate), RateLimiter(config.auth_failures)
     require_admin = admin_guard(config.admin_token)
+    key_path = Path(config.signing_key_path or Path(config.data_dir) / "keys" / "signing.key")
     app = FastAPI(title="edgeloop service", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Signed model releases for a device fleet, sample ingestion, and a dashboard.")
     app.state.registry, app.state.sessions, app.state.engine = registry, sessions, engine
-    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, overrides={PUBLISH_PATH: MAX_BUNDLE_BYTES})
+    if config.worker_header:
+        app.add_middleware(WorkerHeader)
+    admin = AdminContext(sessions, registry, key_path, require_admin)
+    app.include_router(admin_router(admin))
+
+    def signing_key() -> Any:
+        from cloud.release.signing import load_private_key
+
+        return load_private_key(key_path) if key_path.is_file() else None
+
+    extra = None
+    if config.auto_retrain is not None:
+        from cloud.service.auto_retrain import check_drift_and_retrain, retrain_process
+
+        launch = retrain_process(Path(config.data_dir), config.database_url, config.auto_retrain.channel)
+
+        def extra() -> None:
+            started = check_drift_and_retrain(config.auto_retrain, sessions, registry, launch)
+            if started:
+                import logging
+
+                logging.getLogger("edgeloop.service").warning("auto-retrain: v%s drifted (PSI %.3f); retraining",
+                                                              started["version"], started["drift"])
+    ticker = Ticker(config.ticker, sessions, registry, signing_key, extra)
+    app.state.ticker = ticker
+    app.router.on_startup.append(ticker.start)
+    app.router.on_shutdown.append(ticker.stop)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -211,16 +276,32 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 changes["running_version"] = running
             s.execute(update(Device).where(Device.id == device_id).values(**changes))
 
-    releases: dict[str, tuple[float, Any]] = {}
+    releases: dict[Any, tuple[float, Any]] = {}
+    names: dict[int, str] = {}  # device id -> name (devices are never renamed)
 
-    def current_release(channel: str) -> Any:
-        """The channel's release, cached briefly (the registry may change from another process)."""
-        hit = releases.get(channel)
+    def cached(key: Any, load: Any) -> Any:
+        """``load()``, cached for ``release_cache_s`` (the registry may change from another process)."""
+        hit = releases.get(key)
         if hit is not None and time.monotonic() - hit[0] < config.release_cache_s:
             return hit[1]
-        release = registry.current(channel)
-        releases[channel] = (time.monotonic(), release)
-        return release
+        value = load()
+        releases[key] = (time.monotonic(), value)
+        return value
+
+    def device_name(device_id: int) -> str:
+        name = names.get(device_id)
+        if name is None:
+            with sessions() as s:
+                name = names[device_id] = s.get(Device, device_id).name
+        return name
+
+    def current_release(channel: str, device_id: int | None = None) -> Any:
+        """The release for this device: a running rollout's version if the device is in its stage, else
+        the channel's current one."""
+        rollout = cached(("rollout", channel), lambda: active_rollout(sessions, channel))
+        if rollout is not None and device_id is not None and rollout.includes(device_name(device_id)):
+            return cached(("on", channel, rollout.version), lambda: registry.release_on(channel, rollout.version))
+        return cached(channel, lambda: registry.current(channel))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -235,7 +316,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         device_id = authenticate(request, authorization)
         throttle(device_id)
         seen(device_id, x_model_version)
-        release = current_release(channel)
+        release = current_release(channel, device_id)
         if release is None:
             raise HTTPException(404, f"nothing is published on channel {channel!r}")
         headers = {"ETag": release.etag, "Cache-Control": "no-cache"}
@@ -308,6 +389,23 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if "dropped" in body.counters:
             extra["dropped"] = int(body.counters["dropped"])
         seen(device_id, body.version if body.kind == "updated" else None, **extra)
+
+    @app.post("/v1/summaries", status_code=204, summary="An interval summary: counts, input statistics, "
+                                                        "confidence histogram (drift and rollout health)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": inline_refs(SummaryIn.model_json_schema())}}}})
+    async def summaries(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+        device_id = authenticate(request, authorization)
+        throttle(device_id)
+        try:
+            body = SummaryIn.model_validate_json(await read_body(request))
+        except ValidationError as exc:
+            raise HTTPException(422, validation_errors(exc.errors())) from None
+        problem = body.consistent()
+        if problem is not None:
+            raise HTTPException(400, f"inconsistent summary: {problem}")
+        await run_in_threadpool(store_summary, sessions, device_id, body)
+        return Response(status_code=204)
 
     @app.get("/", response_class=HTMLResponse, summary="Fleet dashboard (admin token)")
     def index(authorization: Annotated[str | None, Header()] = None) -> HTMLResponse:

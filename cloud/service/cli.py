@@ -1,47 +1,81 @@
-"""``edgeloop cloud serve|keygen|add-device|revoke-device|publish|versions|promote|rollback|retrain``.
+"""``edgeloop cloud serve|keygen|add-device|revoke-device|publish|versions|promote|rollback|retrain``, and
+(from :mod:`cloud.service.fleet_cli`) ``rollout|drift|forget-device``.
 
 Registered into ``edgeloop cloud``'s parser by :func:`register`; each command imports
-what it needs when it runs (only ``retrain`` loads TensorFlow).
+what it needs when it runs (only ``retrain`` loads TensorFlow). The commands that change the
+registry or the fleet also act on a remote server through its admin API
+(``--server URL --admin-token-file F``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from cloud.service.fleet_cli import register as register_fleet
+from cloud.service.fleet_cli import remote, remote_args
+from cloud.service.store import open_registry
+
 DEFAULT_DATA = "service-data"
-
-
-def open_registry(args: argparse.Namespace) -> Any:
-    from cloud.service.db import database_url, make_engine, make_sessionmaker
-    from cloud.service.registry import Registry
-
-    data = Path(args.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    sessions = make_sessionmaker(make_engine(database_url(data, getattr(args, "database_url", None))))
-    return sessions, Registry(sessions, data)
+SERVE_ARGS_ENV = "EDGELOOP_SERVE_ARGS"  # serve's parsed options, for each worker process to build its app
 
 
 def _key_path(args: argparse.Namespace) -> Path:
     return Path(args.key) if getattr(args, "key", None) else Path(args.data_dir) / "keys" / "signing.key"
 
 
+def service_config(args: argparse.Namespace) -> Any:
+    """The :class:`ServiceConfig` that ``serve``'s options describe (each worker builds the same one)."""
+    from cloud.service.app import ServiceConfig
+    from cloud.service.auth import RateLimit, read_admin_token
+    from cloud.service.ticker import TickerConfig
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    auto = None
+    if args.auto_retrain:
+        from cloud.service.auto_retrain import AutoRetrainConfig
+
+        auto = AutoRetrainConfig(channel=args.retrain_channel, max_drift=args.max_drift)
+    admin = read_admin_token(args.admin_token_file) if args.admin_token_file else None
+    return ServiceConfig(Path(args.data_dir), args.database_url, args.max_request_bytes, args.max_batch,
+                         args.device_quota, RateLimit(args.rate, args.burst), args.release_cache, admin_token=admin,
+                         shared_limits=args.workers > 1 or args.shared_limits,
+                         ticker=TickerConfig(args.rollout_tick, args.retention_days), auto_retrain=auto,
+                         signing_key_path=Path(args.key) if args.key else None, worker_header=args.workers > 1)
+
+
+def app_from_env() -> Any:
+    """uvicorn's app factory in each worker of ``serve --workers N``: the app from the options in the environment."""
+    from cloud.service.app import create_app
+
+    options = {k: v for k, v in json.loads(os.environ[SERVE_ARGS_ENV]).items()}
+    return create_app(service_config(argparse.Namespace(**options)))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from cloud.service.app import ServiceConfig, create_app
-    from cloud.service.auth import RateLimit, read_admin_token
+    from cloud.service.app import create_app
     from cloud.service.server import ServerLimits, uvicorn_config
 
-    admin = read_admin_token(args.admin_token_file) if args.admin_token_file else None
-    config = ServiceConfig(Path(args.data_dir), args.database_url, args.max_request_bytes, args.max_batch,
-                           args.device_quota, RateLimit(args.rate, args.burst), args.release_cache, admin_token=admin)
+    config = service_config(args)  # validated here, before any worker starts
     limits = ServerLimits(args.max_header_bytes, args.header_timeout, args.keep_alive, args.max_concurrency)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: put a TLS reverse proxy in front; device tokens travel in clear")
-    uvicorn.Server(uvicorn_config(create_app(config), args.host, args.port, limits, args.log_level)).run()
+    if args.workers == 1:
+        uvicorn.Server(uvicorn_config(create_app(config), args.host, args.port, limits, args.log_level)).run()
+        return 0
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[SERVE_ARGS_ENV] = json.dumps({k: v for k, v in vars(args).items() if k != "func"})
+    uv = uvicorn_config("cloud.service.cli:app_from_env", args.host, args.port, limits, args.log_level,
+                        factory=True, workers=args.workers)
+    server = uvicorn.Server(uv)
+    Multiprocess(uv, target=server.run, sockets=[uv.bind_socket()]).run()
     return 0
 
 
@@ -58,8 +92,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_add_device(args: argparse.Namespace) -> int:
     from cloud.service.auth import add_device
 
-    sessions, _ = open_registry(args)
-    token = add_device(sessions, args.name)
+    client = remote(args)
+    if client is not None:
+        token = client.request("POST", "/devices", {"name": args.name})["token"]
+    else:
+        sessions, _ = open_registry(args)
+        token = add_device(sessions, args.name)
     print(json.dumps({"device": args.name, "token": token}) if args.json else token)
     return 0
 
@@ -67,8 +105,12 @@ def cmd_add_device(args: argparse.Namespace) -> int:
 def cmd_revoke_device(args: argparse.Namespace) -> int:
     from cloud.service.auth import revoke_device
 
-    sessions, _ = open_registry(args)
-    revoke_device(sessions, args.name)
+    client = remote(args)
+    if client is not None:
+        client.request("POST", f"/devices/{args.name}/revoke")
+    else:
+        sessions, _ = open_registry(args)
+        revoke_device(sessions, args.name)
     print(json.dumps({"device": args.name, "revoked": True}) if args.json else
           f"revoked {args.name}: its token is refused from the next request on")
     return 0
@@ -77,6 +119,15 @@ def cmd_revoke_device(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from cloud.release.signing import load_private_key
 
+    client = remote(args)
+    if client is not None:  # the server signs with its own key
+        from cloud.service.admin import bundle_tar
+
+        out = client.request("POST", "/versions", raw=bundle_tar(args.bundle),
+                             query={"channel": args.channel, "note": args.note, "accuracy": args.accuracy})
+        print(json.dumps(out) if args.json else f"published {args.bundle} as v{out['version']} on {args.channel} "
+                                                 f"({out['etag']}) at {args.server}")
+        return 0
     _, registry = open_registry(args)
     key = load_private_key(_key_path(args))
     bundle = Path(args.bundle)
@@ -92,8 +143,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    _, registry = open_registry(args)
-    rows = registry.versions()
+    client = remote(args)
+    if client is not None:
+        rows = client.request("GET", "/versions")
+    else:
+        _, registry = open_registry(args)
+        rows = registry.versions()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -111,6 +166,11 @@ def _statement_key(args: argparse.Namespace) -> Any:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    client = remote(args)
+    if client is not None:
+        out = client.request("POST", f"/channels/{args.channel}/promote", {"version": args.version})
+        print(f"{args.channel} → v{out['version']} at {args.server}")
+        return 0
     _, registry = open_registry(args)
     release = registry.promote(args.version, args.channel, _statement_key(args))
     print(f"{args.channel} → v{release.version}" + ("" if release.statement else " (unsigned: devices keep what they run)"))
@@ -118,6 +178,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    client = remote(args)
+    if client is not None:
+        out = client.request("POST", f"/channels/{args.channel}/rollback")
+        print(f"{args.channel} rolled back to v{out['version']} at {args.server}")
+        return 0
     _, registry = open_registry(args)
     release = registry.rollback(args.channel, _statement_key(args))
     print(f"{args.channel} rolled back to v{release.version}"
@@ -169,6 +234,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection is kept")
     p.add_argument("--max-concurrency", type=int, default=512,
                    help="connections and requests in flight; beyond, 503")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes on the one port; rate limits then live in the database")
+    p.add_argument("--shared-limits", action="store_true",
+                   help="keep rate limits in the database even with one worker (several hosts, one PostgreSQL)")
+    p.add_argument("--rollout-tick", type=float, default=5.0, help="seconds between rollout judgements")
+    p.add_argument("--retention-days", type=float, default=None, help="delete collected samples older than this")
+    p.add_argument("--auto-retrain", action="store_true",
+                   help="start 'cloud retrain' when the channel's current version drifts past --max-drift")
+    p.add_argument("--retrain-channel", default="stable", help="the channel --auto-retrain watches")
+    p.add_argument("--max-drift", type=float, default=0.25, help="PSI beyond which --auto-retrain starts")
+    p.add_argument("--key", default=None, help="private key for rollout and admin release statements "
+                                               "(default DATA/keys/signing.key)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("keygen", help="create the Ed25519 signing key pair (DATA/keys)")
@@ -179,16 +256,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("add-device", help="register a device; prints its token once")
     data_args(p)
+    remote_args(p)
     p.add_argument("name")
     p.set_defaults(func=cmd_add_device)
 
     p = sub.add_parser("revoke-device", help="revoke a device's token (refused from the next request on)")
     data_args(p)
+    remote_args(p)
     p.add_argument("name")
     p.set_defaults(func=cmd_revoke_device)
 
     p = sub.add_parser("publish", help="sign a bundle and publish it as a new version on a channel")
     data_args(p)
+    remote_args(p)
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--channel", default="stable")
     p.add_argument("--run", default=None, help="the training run it came from (model.keras), to allow retraining")
@@ -199,10 +279,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("versions", help="list published versions and their channels")
     data_args(p)
+    remote_args(p)
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("promote", help="make a version current on a channel")
     data_args(p)
+    remote_args(p)
     p.add_argument("version", type=int)
     p.add_argument("--channel", default="stable")
     p.add_argument("--key", default=None, help="private key that signs the release statement (default DATA/keys/signing.key)")
@@ -211,6 +293,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("rollback", help="make a channel's previous version current again")
     data_args(p)
+    remote_args(p)
     p.add_argument("--channel", default="stable")
     p.add_argument("--key", default=None, help="private key that signs the release statement (default DATA/keys/signing.key)")
     p.add_argument("--unsigned", action="store_true", help="sign no release statement (devices keep what they run)")
@@ -229,3 +312,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/retrain", help="where the fine-tuned run and bundle go")
     p.add_argument("--key", default=None)
     p.set_defaults(func=cmd_retrain)
+
+    register_fleet(sub, data_args)

@@ -127,6 +127,75 @@ class Event(Base):
     time: Mapped[float] = mapped_column(Float)
 
 
+class Summary(Base):
+    """One device's interval summary of one version (see :mod:`device.agent.summary`): counts, histograms."""
+
+    __tablename__ = "summaries"
+    __table_args__ = (UniqueConstraint("device_id", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    key: Mapped[str] = mapped_column(String(128))  # the agent's id for it: a resend is stored once
+    version: Mapped[str] = mapped_column(String(64), index=True)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float, index=True)
+    received: Mapped[float] = mapped_column(Float)
+    predictions: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    labelled: Mapped[int] = mapped_column(Integer)
+    correct: Mapped[int] = mapped_column(Integer)
+    confidence_sum: Mapped[float] = mapped_column(Float)
+    body: Mapped[str] = mapped_column(Text)  # the whole summary, JSON
+
+
+class Rollout(Base):
+    """A staged rollout of one version on one channel; ``stage`` indexes the plan's stages."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    base_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[str] = mapped_column(Text)  # RolloutPlan JSON
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    stage_started: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class RolloutDecision(Base):
+    """Every change of a rollout's state, with the figures it rested on."""
+
+    __tablename__ = "rollout_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    time: Mapped[float] = mapped_column(Float)
+    stage: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    figures: Mapped[str] = mapped_column(Text)  # StageFigures + checks, JSON
+
+
+class RateBucket(Base):
+    """A token bucket kept in the database, so every worker and host draws on the same one."""
+
+    __tablename__ = "rate_buckets"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class AutoRetrain(Base):
+    """A retraining started because a version drifted (``serve --auto-retrain``): one per version, claimed by insert."""
+
+    __tablename__ = "auto_retrains"
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[float] = mapped_column(Float)
+    drift: Mapped[float] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 def database_url(data_dir: Path | str, url: str | None = None) -> str:
     """``url``, else ``$DATABASE_URL``, else a SQLite file in ``data_dir``."""
     url = url or os.environ.get("DATABASE_URL")

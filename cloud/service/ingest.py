@@ -118,8 +118,12 @@ def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn
             seen = set(s.scalars(select(Sample.sample_id).where(Sample.device_id == device_id,
                                                                    Sample.sample_id.in_(ids))).all())
             fresh = [(smp, raw) for smp, raw in zip(batch.samples, raws) if smp.id not in seen]
-            stored = _device_count(s, device_id)
-            if stored + len(fresh) > quota:
+            # the quota is taken by one conditional UPDATE (it row-locks the device on PostgreSQL), so
+            # concurrent batches on other workers or hosts cannot both slip under it
+            took = s.execute(update(Device).where(Device.id == device_id, Device.samples_stored + len(fresh) <= quota)
+                             .values(samples_stored=Device.samples_stored + len(fresh), last_seen=now)).rowcount
+            if not took:
+                stored = _device_count(s, device_id)
                 raise QuotaExceeded(f"device quota of {quota} stored samples reached ({stored} stored)")
             batch_id = s.execute(insert(Batch).values(device_id=device_id, key=key, received=now, stored=len(fresh),
                                                       digest=digest)
@@ -130,8 +134,6 @@ def store_batch(sessions: sessionmaker, device_id: int, key: str, batch: BatchIn
                      "dtype": smp.input.dtype, "data": raw, "prediction": smp.prediction, "confidence": smp.confidence,
                      "label": smp.label, "model_version": smp.model_version, "timestamp": smp.timestamp, "received": now}
                     for smp, raw in fresh])
-            s.execute(update(Device).where(Device.id == device_id)
-                      .values(samples_stored=Device.samples_stored + len(fresh), last_seen=now))
             return len(fresh), False
     except IntegrityError:  # the same key raced in on another connection and won: this is a replay
         with sessions() as s:

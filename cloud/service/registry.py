@@ -187,6 +187,18 @@ class Registry:
                 return None
             return _release(self._get(s, entry.version_id), self._statement(s, channel, entry.version_id))
 
+    def sign_statement(self, channel: str, version: int, signing_key: Any) -> dict[str, Any] | None:
+        """Sign a new release statement naming ``version`` on ``channel`` without changing the channel: a
+        staged rollout serves it to the devices in its stage, and a halted one re-announces the base version."""
+        with self.sessions.begin() as s:
+            self._get(s, version)
+            return self._sign(s, channel, version, signing_key)
+
+    def release_on(self, channel: str, version: int) -> Release:
+        """``version`` as ``channel``'s release, with its newest statement there (what a rollout serves)."""
+        with self.sessions() as s:
+            return _release(self._get(s, version), self._statement(s, channel, version))
+
     def promote(self, version: int, channel: str, signing_key: Any | None = None) -> Release:
         """Make ``version`` current on ``channel``; with ``signing_key``, sign the release statement devices
         need to take it (without one, devices keep what they run)."""

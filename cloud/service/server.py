@@ -65,11 +65,33 @@ def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
     return GuardedH11Protocol
 
 
-def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, log_level: str = "warning") -> Any:
+HEADER_TIMEOUT_ENV = "EDGELOOP_HEADER_TIMEOUT_S"
+
+
+def __getattr__(name: str) -> Any:
+    """``GuardedH11Protocol`` by name, for worker processes: uvicorn imports the protocol from a string there
+    (a class made inside a function cannot be pickled to a spawned worker); the timeout comes from the
+    environment the parent set."""
+    if name == "GuardedH11Protocol":
+        import os
+
+        return guarded_protocol(float(os.environ.get(HEADER_TIMEOUT_ENV, "10")))
+    raise AttributeError(name)
+
+
+def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits, log_level: str = "warning",
+                   **extra: Any) -> Any:
+    """uvicorn's config with these limits; ``extra`` passes on (``factory``, ``workers`` for several processes)."""
+    import os
+
     import uvicorn
 
+    http: Any = guarded_protocol(limits.header_timeout_s)
+    if extra.get("workers", 1) > 1:
+        os.environ[HEADER_TIMEOUT_ENV] = str(limits.header_timeout_s)
+        http = "cloud.service.server:GuardedH11Protocol"
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
-                          http=guarded_protocol(limits.header_timeout_s),
+                          http=http,
                           h11_max_incomplete_event_size=limits.max_header_bytes,
                           timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_concurrency,
-                          backlog=limits.backlog)
+                          backlog=limits.backlog, **extra)

@@ -24,7 +24,9 @@ import numpy as np
 
 from device.agent.client import RequestRejected, ServerUnavailable, ServiceClient, valid_etag
 from device.agent.collector import WIRE_DTYPES, CollectionPolicy, SampleQueue, Sampler
+from device.agent.consent import ConsentSwitch
 from device.agent.health import HealthReport, check_health, read_canary
+from device.agent.reporter import SummaryReporter
 from device.agent.updater import BUNDLE_FILES, BundleStore
 from device.agent.verify_signature import (
     ReleaseStatement,
@@ -60,10 +62,12 @@ class AgentConfig:
     num_threads: int | None = None
     timeout: float = 10.0  # seconds for one request to answer
     download_timeout: float = 120.0  # seconds for one bundle file to arrive whole (a slow drip is cut off)
+    summary_interval: float = 60.0  # seconds between interval summaries (drift, rollout health)
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval", "upload_interval", "max_backoff", "timeout", "download_timeout"):
+        for name in ("poll_interval", "upload_interval", "max_backoff", "timeout", "download_timeout",
+                     "summary_interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.jitter < 1:
@@ -94,6 +98,10 @@ class Agent:
         self._reported_drops = self.queue.meta(REPORTED_DROPS)  # drops told to the server (persisted), at start
         self._last_drop_report = -1e9
         self.events: list[dict[str, Any]] = []  # what happened, newest last (also logged and reported)
+        self.reporter = SummaryReporter()  # per-version interval summaries: drift and rollout health
+        self.consent = ConsentSwitch(config.directory)  # AGENT_DIR/consent "collect: off" stops collection at once
+        self._consented = True
+        self._last_summary = time.monotonic()
         self._runtime = self._load_current()
 
     # -- serving -----------------------------------------------------------------------------
@@ -107,11 +115,21 @@ class Agent:
         return str(self.store.state().get("version", "none"))
 
     def predict(self, x: np.ndarray, label: int | None = None, k: int = 3) -> Prediction:
-        """Classify one raw input and, if the collection policy keeps it, queue it with ``label``."""
+        """Classify one raw input and, if the collection policy keeps it, queue it with ``label``.
+
+        Every prediction (and every failed one) is counted in the interval summary; nothing is
+        queued while the owner's consent switch says ``collect: off``.
+        """
         with self._lock:
             runtime, version = self._runtime, self._version
-            pred = runtime.classify(x, k=k)[0]
-        if self.sampler.keep(pred.confidence, labelled=label is not None):
+            try:
+                pred = runtime.classify(x, k=k)[0]
+            except Exception:
+                self.reporter.observe_error(version, runtime.manifest)
+                raise
+        allowed = self.collect_allowed()
+        self.reporter.observe(version, runtime.manifest, x, pred.index, pred.confidence, label, with_inputs=allowed)
+        if allowed and self.sampler.keep(pred.confidence, labelled=label is not None):
             self.queue.put(_wire_input(np.asarray(x), runtime.input_spec.raw_dtype), pred.index, pred.confidence,
                            version, label)
             self._report_drops()
@@ -248,6 +266,36 @@ class Agent:
                                f"max |Δp| {health.max_abs_prob_diff:.2g})", version)
         return "updated"
 
+    # -- consent and summaries ---------------------------------------------------------------
+
+    def collect_allowed(self) -> bool:
+        """The owner's switch, read at every call; turning it off also deletes what is queued, unsent."""
+        allowed = self.consent.collect_allowed()
+        if not allowed and self._consented:
+            n = self.queue.discard()
+            log.warning("collection switched off on this device: %d queued samples deleted, none sent", n)
+        self._consented = allowed
+        return allowed
+
+    def send_summaries(self) -> int:
+        """Send the interval summaries (one per version served since the last); returns how many went.
+
+        A summary the server refuses as invalid is dropped (and logged); one that cannot be
+        delivered now stays for the next call (:class:`ServerUnavailable` is raised).
+        """
+        if self.client is None:
+            return 0
+        client = self.client
+
+        def send(summary: dict[str, Any]) -> None:
+            try:
+                client.summary(summary)
+            except RequestRejected as exc:
+                log.warning("summary of v%s refused, dropped: %s", summary.get("version"), exc)
+
+        self._last_summary = time.monotonic()
+        return self.reporter.flush(send)
+
     # -- uploads -----------------------------------------------------------------------------
 
     def upload_pending(self, max_batches: int = 100) -> int:
@@ -257,7 +305,7 @@ class Agent:
         ``rejected`` table and reported, so it never blocks the batches behind it.
         Raises :class:`ServerUnavailable` when a batch cannot be delivered (it stays queued, same key).
         """
-        if self.client is None:
+        if self.client is None or not self.collect_allowed():
             return 0
         sent = 0
         for _ in range(max_batches):
@@ -330,7 +378,10 @@ class Agent:
 
         def upload() -> tuple[str, int]:
             self._report_drops(force=True)
-            return "idle", self.upload_pending()
+            sent = self.upload_pending()
+            if time.monotonic() - self._last_summary >= self.config.summary_interval:
+                self.send_summaries()
+            return "idle", sent
 
         updater = threading.Thread(target=self._loop, name="edgeloop-updater", daemon=True,
                                    args=(poll, self.config.poll_interval, True, stop, deadline, on_cycle))

@@ -305,6 +305,10 @@ class ServiceClient:
         self._request("POST", "/v1/events", {"kind": kind, "version": version, "detail": detail,
                                               "counters": counters or {}})
 
+    def summary(self, summary: dict[str, Any]) -> None:
+        """POST one interval summary (:mod:`device.agent.summary`); its ``key`` makes a resend harmless."""
+        self._request("POST", "/v1/summaries", summary)
+
 
 def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or exc

@@ -159,6 +159,13 @@ class SampleQueue:
             self._bump("rejected", n)
         return n
 
+    def discard(self) -> int:
+        """Delete every queued sample, sent or not (the owner withdrew consent); returns how many."""
+        with self._lock, self._tx():
+            n = self._db.execute("DELETE FROM samples").rowcount
+            self._bump("withdrawn", n)
+        return n
+
     def meta(self, key: str) -> int:
         """A persisted integer (0 when unset): counters, and what the agent has reported of them."""
         with self._lock:

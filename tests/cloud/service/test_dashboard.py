@@ -1,10 +1,12 @@
-"""The dashboard in headless Chromium (Debian's chromium, driven by Playwright): DOM and a screenshot."""
+"""The dashboard in headless Chromium (Debian's chromium, driven by Playwright): DOM, plots and a screenshot
+(copied to runs/dashboard.png)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -12,14 +14,24 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import SHIPPED
+from tests.conftest import ROOT, SHIPPED
 from tests.service_helpers import ServiceProcess, setup_service
 
 pytestmark = pytest.mark.service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOT = ROOT / "runs" / "dashboard.png"  # kept for people to look at
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _summary(version: str, confidence: float) -> dict:
+    hist = [0] * 10
+    hist[min(9, int(confidence * 10))] = 50
+    return {"key": uuid.uuid4().hex, "version": version, "start": time.time() - 60, "end": time.time(),
+            "predictions": 50, "errors": 0, "labelled": 0, "correct": 0, "confidence_sum": 50 * confidence,
+            "confidence_hist": hist, "prediction_hist": [50], "input_values": 0, "input_sum": [0.0],
+            "input_sumsq": [0.0], "input_hist": None}
 
 
 def _sample(i: int, prediction: int, label: int | None, version: str) -> dict:
@@ -44,6 +56,14 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
         h = {"Authorization": f"Bearer {tokens['phone-ana']}", "Idempotency-Key": uuid.uuid4().hex}
         v2_samples = [_sample(200 + i, 2, 2, str(v2.version)) for i in range(4)]
         assert httpx.post(svc.url + "/v1/samples", json={"samples": v2_samples}, headers=h).status_code == 200
+        # interval summaries (mean confidence 0.9 on v1, 0.6 on v2) and a rollout of v2 that is aborted
+        for name, version, conf in (("pi-kitchen", v1.version, 0.9), ("phone-ana", v2.version, 0.6)):
+            h = {"Authorization": f"Bearer {tokens[name]}"}
+            assert httpx.post(svc.url + "/v1/summaries", json=_summary(str(version), conf), headers=h).status_code == 204
+        r = httpx.post(svc.url + "/v1/admin/rollouts", headers=svc.admin,
+                       json={"version": v2.version, "channel": "stable", "stages": "50,100", "hold": "1h"})
+        assert r.status_code == 200, r.text
+        assert httpx.post(svc.url + "/v1/admin/rollouts/stable/abort", headers=svc.admin).status_code == 200
 
         with sync_playwright() as p:
             # a fresh profile directory (Playwright's way of passing --user-data-dir)
@@ -54,8 +74,17 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
                                                                              "password": "dashboard-admin-token"})
             try:
                 page = browser.new_page()
+                requested: list[str] = []
+                page.on("request", lambda req: requested.append(req.url))
                 page.goto(svc.url + "/", wait_until="load", timeout=30_000)
-                png = page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)
+                png = page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                shutil.copy(tmp_path / "dashboard.png", SCREENSHOT)
+                charts = {c.get_attribute("data-chart"): c.bounding_box()
+                          for c in page.locator("svg[data-chart]").all()}
+                empty = [c.get_attribute("data-chart") for c in page.locator("svg[data-chart]:has(.no-data)").all()]
+                confidence = page.locator("svg[data-chart=confidence] g[data-series]").all()
+                series = sorted(g.get_attribute("data-series") for g in confidence)
                 title = page.title()
                 versions = page.locator("#versions tr[data-version]").all_inner_texts()
                 devices = page.locator("#devices tr[data-device]").all_inner_texts()
@@ -73,7 +102,7 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
     from PIL import Image
 
     image = Image.open(io.BytesIO(png))
-    assert image.size == (1280, 800)
+    assert image.size[0] == 1280 and image.size[1] >= 800
     pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     assert pixels.std() > 10  # not a blank page
     # the title is drawn in its colour (#0b5394) near the top left, and the table headers in theirs (#dde7f3)
@@ -81,3 +110,16 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
         return bool((np.abs(region - np.array(colour)).sum(-1) < 30).any())
     assert has((0x0B, 0x53, 0x94), pixels[:120, :600])
     assert has((0xDD, 0xE7, 0xF3), pixels)
+
+    # the plots: drawn on the server (every request went to the service, none to a CDN), each with data
+    assert requested and all(u.startswith(svc.url) for u in requested), requested
+    assert set(charts) == {"rollouts", "drift", "confidence", "samples", "accuracy"}
+    assert empty == ["drift"]  # the shipped bundles carry no reference profile, so no PSI
+    assert series == [f"v{v1.version}", f"v{v2.version}"]
+
+    def region(name: str) -> np.ndarray:
+        b = charts[name]
+        return pixels[int(b["y"]):int(b["y"] + b["height"]), int(b["x"]):int(b["x"] + b["width"])]
+    for name in ("rollouts", "confidence", "samples", "accuracy"):
+        assert has((0x0B, 0x53, 0x94), region(name)), name  # the first series' colour, or the bars'
+    assert has((0xE6, 0x91, 0x38), region("confidence"))  # the second version's line
