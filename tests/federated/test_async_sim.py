@@ -93,7 +93,7 @@ def test_fleet_speeds_availability_and_durations_hand_computed() -> None:
         simulate_timed(SimulationConfig(**{**SMALL.__dict__, "deadline": 3.0}), TimedConfig("sync"), progress=False)
 
 
-def test_timed_resume_after_sigkill_ends_identical_and_plot_has_both_axes(tmp_path) -> None:
+def test_timed_resume_after_sigkill_ends_identical_and_plot_has_both_axes(tmp_path, capsys) -> None:
     """A real SIGKILL mid-run of a FedBuff simulation with slow clients and on/off availability, then
     --resume, against an uninterrupted run: same weights, same accuracy curve on the same clock."""
     args = ["-m", "edgeloop", "federated", "simulate", "--model", "mlp-small", "--data", "digits", "--clients", "20",
@@ -125,11 +125,12 @@ def test_timed_resume_after_sigkill_ends_identical_and_plot_has_both_axes(tmp_pa
     resumed = subprocess.run([sys.executable, *args, "--out", str(killed), "--resume"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    from federated.cli import main
+
     full = tmp_path / "full"
-    straight = subprocess.run([sys.executable, *args, "--out", str(full)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr
-    assert json.loads(straight.stdout)["timed"]["buffer"]["buffer_size"] == 3
+    capsys.readouterr()
+    assert main([*args[3:], "--out", str(full)]) == 0  # the uninterrupted run, in this process
+    assert json.loads(capsys.readouterr().out)["timed"]["buffer"]["buffer_size"] == 3
     a, b = load_state(killed / "checkpoint.npz"), load_state(full / "checkpoint.npz")
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_array_equal(x, y)
@@ -139,10 +140,7 @@ def test_timed_resume_after_sigkill_ends_identical_and_plot_has_both_axes(tmp_pa
         assert [r[key] for r in ha] == [r[key] for r in hb], key
     assert hb[-1]["lost_offline"] + hb[-1]["lost_dropout"] > 0
     png = tmp_path / "both.png"
-    plotted = subprocess.run([sys.executable, "-m", "edgeloop", "federated", "plot", str(full), str(killed), "--out",
-                              str(png), "--target", "0.8"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=120)
-    assert plotted.returncode == 0, plotted.stderr
+    assert main(["plot", str(full), str(killed), "--out", str(png), "--target", "0.8"]) == 0
     from PIL import Image
 
     assert Image.open(png).size[0] > 1.5 * Image.open(png).size[1]  # two panels side by side
