@@ -18,8 +18,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | str, target: float | None = None) -> Path:
-    """Test accuracy against rounds, one line per run (``{label: history}``)."""
+def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | str, target: float | None = None,
+              x: str = "auto") -> Path:
+    """Test accuracy against rounds, one line per run (``{label: history}``).
+
+    ``x="time"`` (or ``"auto"`` when every run was timed) draws two panels instead: accuracy
+    against simulated seconds and against client updates received (:mod:`federated.async_sim`).
+    """
+    timed = all(any("sim_seconds" in r for r in h) for h in runs.values()) and bool(runs)
+    if x == "time" or (x == "auto" and timed):
+        return _plot_timed(runs, path, target)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, history in runs.items():
@@ -32,6 +40,24 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | str,
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _plot_timed(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path | str, target: float | None) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for (key, label), ax in zip((("sim_seconds", "simulated seconds"), ("client_updates", "client updates received")), axes):
+        for name, history in runs.items():
+            pts = [(r[key], r["test_accuracy"]) for r in history
+                   if r.get("test_accuracy") is not None and r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=name, linewidth=1.4)
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:.0%}")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=8)
     return _save(plt, fig, path)
 
 

@@ -54,7 +54,8 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--byzantine", type=int, default=0, help="the first N clients send random weights")
     g.add_argument("--byzantine-scale", type=float, default=10.0)
     g = sim.add_argument_group("server")
-    g.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
+    g.add_argument("--strategy", choices=(*STRATEGIES, "fedbuff"), default="fedavg",
+                   help="a server optimizer for synchronous rounds, or fedbuff (buffered asynchronous, on the clock)")
     g.add_argument("--server-lr", type=float, default=1.0)
     g.add_argument("--server-momentum", type=float, default=0.9)
     g.add_argument("--beta1", type=float, default=0.9)
@@ -71,6 +72,25 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--dp-delta", type=float, default=1e-5)
     g.add_argument("--compression", choices=METHODS, default="none")
     g.add_argument("--topk-fraction", type=float, default=0.1)
+    g = sim.add_argument_group("asynchronous FedBuff and the simulated clock",
+                               "--strategy fedbuff, or any of these flags, runs on an event-driven simulated clock; "
+                               "metrics.jsonl then also has sim_seconds and client_updates")
+    g.add_argument("--server-optimizer", choices=STRATEGIES, default="fedavg",
+                   help="with --strategy fedbuff: the server optimizer applied to each full buffer")
+    g.add_argument("--concurrency", type=int, default=20, help="FedBuff: clients training at once (M)")
+    g.add_argument("--buffer-size", type=int, default=10, help="FedBuff: arrivals per server step (K)")
+    g.add_argument("--staleness", default="polynomial:0.5",
+                   help="FedBuff staleness weight: constant, polynomial:A (1/(1+s)^A) or hinge:A:B")
+    g.add_argument("--max-staleness", type=int, default=None, help="FedBuff: refuse (and count) staler updates")
+    g.add_argument("--speed", default=None, help="client speeds: equal or lognormal:SIGMA")
+    g.add_argument("--slow-fraction", type=float, default=None, help="this fraction of clients is --slow-factor slower")
+    g.add_argument("--slow-factor", type=float, default=10.0)
+    g.add_argument("--steps-per-second", type=float, default=10.0, help="local SGD steps per simulated second at speed 1")
+    g.add_argument("--bandwidth", type=float, default=1e6, help="bytes per simulated second, each way")
+    g.add_argument("--latency", type=float, default=0.0, help="simulated seconds per message")
+    g.add_argument("--availability", default=None, help="always, or onoff:ON:OFF (seconds online, then offline)")
+    g.add_argument("--deadline-s", type=float, default=None, help="sync on the clock: a round ends after this long")
+    g.add_argument("--timed", action="store_true", help="run a synchronous strategy on the simulated clock")
     g = sim.add_argument_group("output")
     g.add_argument("--out", help="directory for metrics.jsonl, accuracy.png and the per-round checkpoint")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -94,11 +114,34 @@ def add_commands(sub: Any) -> None:
     part.add_argument("--json", action="store_true")
     part.set_defaults(func=cmd_partition)
 
-    plot = sub.add_parser("plot", help="plot test accuracy against rounds for one or more runs")
+    plot = sub.add_parser("plot", help="plot test accuracy against rounds (or simulated time and client updates)")
     plot.add_argument("runs", nargs="+", help="--out directories (or metrics.jsonl files) of simulations")
     plot.add_argument("--out", required=True, help="PNG to write")
     plot.add_argument("--target", type=float, default=None, help="draw a target accuracy line")
+    plot.add_argument("--x", choices=("auto", "rounds", "time"), default="auto",
+                      help="time: accuracy against simulated seconds and against client updates, side by side "
+                           "(auto: time when every run has them)")
     plot.set_defaults(func=cmd_plot)
+
+
+def is_timed(args: argparse.Namespace) -> bool:
+    """FedBuff, or any clock flag, runs on the simulated clock (:mod:`federated.async_sim`)."""
+    return bool(args.strategy == "fedbuff" or args.timed or args.speed or args.slow_fraction or args.availability
+                or args.deadline_s is not None)
+
+
+def timed_config_from_args(args: argparse.Namespace):
+    from federated.async_sim import TimedConfig
+    from federated.clock import ClockConfig
+    from federated.fedbuff import BufferConfig
+
+    clock = ClockConfig(steps_per_second=args.steps_per_second, speed=args.speed or "equal",
+                        slow_fraction=args.slow_fraction or 0.0, slow_factor=args.slow_factor,
+                        bandwidth=args.bandwidth, latency_s=args.latency, availability=args.availability or "always")
+    buffer = BufferConfig(buffer_size=args.buffer_size, concurrency=args.concurrency, staleness=args.staleness,
+                          max_staleness=args.max_staleness)
+    return TimedConfig(mode="fedbuff" if args.strategy == "fedbuff" else "sync", buffer=buffer, clock=clock,
+                       deadline_s=args.deadline_s)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -107,7 +150,7 @@ def config_from_args(args: argparse.Namespace):
     from federated.simulate import SimulationConfig
 
     server = ServerConfig(
-        strategy=args.strategy, server_lr=args.server_lr, server_momentum=args.server_momentum, beta1=args.beta1,
+        strategy=args.server_optimizer if args.strategy == "fedbuff" else args.strategy, server_lr=args.server_lr, server_momentum=args.server_momentum, beta1=args.beta1,
         beta2=args.beta2, tau=args.tau, proximal_mu=args.mu, aggregator=args.aggregator, trim_beta=args.trim_beta,
         krum_byzantine=args.krum_byzantine, multi_krum_m=args.multi_krum_m, max_update_norm=args.max_update_norm,
         min_clients=args.min_clients,
@@ -134,20 +177,43 @@ def _fmt_row(row: dict[str, Any]) -> str:
             f"↓{row['bytes_down'] / 1e6:.2f} MB ↑{row['bytes_up'] / 1e6:.2f} MB  {row['seconds']:.3f}s{eps}{refused}")
 
 
+def _fmt_timed_row(row: dict[str, Any]) -> str:
+    acc = f"{row['test_accuracy']:.4f}" if row.get("test_accuracy") is not None else "-"
+    loss = f"{row['train_loss']:.4f}" if row.get("train_loss") is not None else "-"
+    stale = f"  staleness {row['staleness_mean']:.2f} (max {row['staleness_max']:.0f})" if "staleness_mean" in row else ""
+    eps = f"  ε {row['epsilon']:.3g}" if row.get("epsilon") is not None else ""
+    refused = "  REFUSED" if row.get("refused") else ""
+    return (f"step {row['round']:>4}  t={row['sim_seconds']:10.1f} s  updates {row['client_updates']:>5}  train loss {loss}  "
+            f"test acc {acc}  accepted {row['accepted']}{stale}  lost {row['lost_dropout'] + row['lost_offline']}  "
+            f"late {row['late']}  stale-refused {row['stale_refused']}  ↓{row['total_bytes_down'] / 1e6:.1f} MB "
+            f"↑{row['total_bytes_up'] / 1e6:.1f} MB{eps}{refused}")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from federated.errors import ConfigError
     from federated.simulate import export_model, simulate
 
     config = config_from_args(args)
+    timed = timed_config_from_args(args) if is_timed(args) else None
     if args.export_mode and not args.out:
         raise ConfigError("--export-mode needs --out (the bundle is written under OUT/bundles/)")
     if not args.json:
-        print(f"simulating {config.server.strategy} on {config.data}/{config.model}: {config.clients} clients "
+        how = (f"fedbuff (K={timed.buffer.buffer_size}, M={timed.buffer.concurrency}, {timed.buffer.staleness}, "
+               f"server {config.server.strategy})" if timed and timed.mode == "fedbuff" else config.server.strategy)
+        print(f"simulating {how} on {config.data}/{config.model}: {config.clients} clients "
               f"({config.partition}), C={config.fraction:g}, E={config.epochs}, B={config.batch_size or 'full'}, "
-              f"lr={config.lr:g}, {config.rounds} rounds, seed {config.seed}" + (f" → {args.out}" if args.out else ""))
-    result = simulate(config, out=args.out, resume=args.resume, progress=not args.json, stop_after=args.stop_after,
-                      on_round=None if args.json else lambda row: print(_fmt_row(row), flush=True))
+              f"lr={config.lr:g}, {config.rounds} {'server steps' if timed else 'rounds'}, seed {config.seed}"
+              + (" on the simulated clock" if timed else "") + (f" → {args.out}" if args.out else ""))
+    if timed is not None:
+        from federated.async_sim import simulate_timed
+
+        result = simulate_timed(config, timed, out=args.out, resume=args.resume, progress=not args.json,
+                                stop_after=args.stop_after,
+                                on_round=None if args.json else lambda row: print(_fmt_timed_row(row), flush=True))
+    else:
+        result = simulate(config, out=args.out, resume=args.resume, progress=not args.json, stop_after=args.stop_after,
+                          on_round=None if args.json else lambda row: print(_fmt_row(row), flush=True))
     export = None
     if args.export_mode and len(result.history) == config.rounds:
         from device.runtime.native_log import quiet_native_output
@@ -157,7 +223,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         export = {"bundle": str(Path(args.out) / "bundles"), **v.to_json()}
     last = result.history[-1] if result.history else {}
     if args.json:
-        print(json.dumps({"config": config.to_json(), "rounds_done": len(result.history), "last": last,
+        print(json.dumps({"config": config.to_json(), "timed": timed.to_json() if timed else None,
+                          "rounds_done": len(result.history), "last": last,
                           "out": args.out, "export": export}, indent=2, default=str))
     else:
         if args.out:
@@ -213,5 +280,5 @@ def cmd_plot(args: argparse.Namespace) -> int:
         path = Path(run)
         label = path.name if path.is_dir() else path.parent.name
         runs[label if label not in runs else str(path)] = read_history(path)
-    print(f"wrote {plot_runs(runs, args.out, args.target)}")
+    print(f"wrote {plot_runs(runs, args.out, args.target, x=args.x)}")
     return 0

@@ -2,8 +2,10 @@
 
 The state holds everything the next round depends on: global weights, server optimizer slots,
 the noise RNG's bit-generator state, the round count and the DP accounting history, plus an
-``extra`` JSON dict for the caller (the simulator keeps its metrics history there). Restoring it
-and running the same rounds gives bit-identical weights.
+``extra`` JSON dict for the caller (the simulator keeps its metrics history there) and optional
+named ``extra_arrays`` (the buffered server's buffer, the asynchronous simulator's in-flight
+updates; absent in older checkpoints). Restoring it and running the same rounds gives
+bit-identical weights.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ServerState:
     round: int
     dp_sampling_rates: tuple[float, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    extra_arrays: Mapping[str, Weights] = field(default_factory=dict)
 
 
 def save_state(path: Path | str, state: ServerState) -> None:
@@ -41,6 +44,9 @@ def save_state(path: Path | str, state: ServerState) -> None:
     arrays: dict[str, np.ndarray] = {f"w{i}": w for i, w in enumerate(state.weights)}
     for slot, values in state.optimizer.items():
         arrays.update({f"opt_{slot}_{i}": v for i, v in enumerate(values)})
+    names = list(state.extra_arrays)
+    for j, name in enumerate(names):
+        arrays.update({f"xa{j}_{i}": v for i, v in enumerate(state.extra_arrays[name])})
     meta = {
         "format": FORMAT,
         "num_weights": len(state.weights),
@@ -49,6 +55,7 @@ def save_state(path: Path | str, state: ServerState) -> None:
         "round": state.round,
         "dp_sampling_rates": list(state.dp_sampling_rates),
         "extra": state.extra,
+        "extra_arrays": [[name, len(state.extra_arrays[name])] for name in names],
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -73,9 +80,11 @@ def load_state(path: Path | str) -> ServerState:
                 raise StateError(f"{path}: checkpoint format {meta.get('format')!r}, expected {FORMAT}")
             weights = [data[f"w{i}"] for i in range(meta["num_weights"])]
             optimizer = {s: [data[f"opt_{s}_{i}"] for i in range(meta["num_weights"])] for s in meta["slots"]}
+            extra_arrays = {name: [data[f"xa{j}_{i}"] for i in range(count)]
+                            for j, (name, count) in enumerate(meta.get("extra_arrays", []))}
     except FileNotFoundError:
         raise StateError(f"{path}: no checkpoint") from None
     except (OSError, ValueError, KeyError) as exc:
         raise StateError(f"{path}: unreadable checkpoint ({exc})") from None
     return ServerState(weights, optimizer, meta["rng_state"], int(meta["round"]),
-                       tuple(float(q) for q in meta["dp_sampling_rates"]), meta["extra"])
+                       tuple(float(q) for q in meta["dp_sampling_rates"]), meta["extra"], extra_arrays)

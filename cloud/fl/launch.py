@@ -308,10 +308,16 @@ class DeployConfig:
     timeout_s: float = 600.0
     tls: bool = False  # a throwaway CA and a SuperLink certificate for 127.0.0.1 (cloud.fl.tls)
     client_python: str | None = None  # the devices' interpreter, e.g. a venv with only the device-fl extra
+    slow_clients: int = 0  # the last N devices sleep slow_delay_s before each local training (injected delay)
+    slow_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.rounds < 1:
             raise ValueError("clients and rounds must be >= 1")
+        if not 0 <= self.slow_clients <= self.clients:
+            raise ValueError(f"slow_clients (--slow-clients) must be in [0, {self.clients}], got {self.slow_clients}")
+        if self.slow_delay_s < 0:
+            raise ValueError(f"slow_delay_s must be >= 0, got {self.slow_delay_s}")
         if self.min_clients is not None and not 1 <= self.min_clients <= self.clients:
             raise ValueError(f"min_clients must be in [1, {self.clients}], got {self.min_clients}")
 
@@ -375,19 +381,22 @@ def deploy_local(config: DeployConfig, server: FLServerConfig | None = None, on_
         tls = generate_local_tls(out / "tls")
     flower = FlowerServer(fl_config, tls=tls)
     clients: list[Proc] = []
+    slow = {i: config.slow_delay_s for i in range(config.clients - config.slow_clients, config.clients)}
     with terminate_as_interrupt():
-        return _run_deployment(flower, clients, bundle, parts, out, config.timeout_s, say, config.client_python)
+        return _run_deployment(flower, clients, bundle, parts, out, config.timeout_s, say, config.client_python, slow)
 
 
 def _run_deployment(flower: FlowerServer, clients: list[Proc], bundle: Path, parts: list[Path], out: Path,
-                    timeout: float, say: Any, python: str | None) -> dict[str, Any]:
+                    timeout: float, say: Any, python: str | None, slow: dict[int, float] | None = None) -> dict[str, Any]:
     ca = flower.tls.ca_certfile if flower.tls else None
     try:
         say(f"starting the SuperLink on {flower.address}" + (" with TLS" if flower.tls else ""))
         flower.start()
         for i, part in enumerate(parts):
+            delay = (slow or {}).get(i)
             clients.append(start_client(flower.address, bundle, part, out / "logs" / f"client-{i}.log",
-                                        out / "flwr-home" / f"client-{i}", seed=i, root_certificates=ca, python=python))
+                                        out / "flwr-home" / f"client-{i}", seed=i, root_certificates=ca, python=python,
+                                        fault="slow" if delay else None, fault_delay=delay))
         say(f"{len(clients)} device processes started (PIDs {', '.join(str(c.pid) for c in clients)}); training")
         return flower.wait(timeout, clients)
     finally:
