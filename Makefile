@@ -22,6 +22,8 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
+# Ray: no usage statistics
+export RAY_USAGE_STATS_ENABLED := 0
 # Flower: no telemetry, no update check, no runtime dependency installation; its home inside the repo
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
@@ -110,6 +112,16 @@ bundles: install
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .hypothesis
+
+# The heavy Ray checks (not part of `make test`, which runs the Ray smoke test only): a worker killed
+# mid-round, resume across engines, the CNN on Ray, the CLI's own 127.0.0.1 instance; then the local vs
+# Ray benchmark rows. Each test starts and stops its own tiny Ray cluster.
+.PHONY: test-ray bench-ray
+test-ray: install
+	EDGELOOP_RAY=1 $(BIN)/python -m pytest -q tests/federated/test_ray_engine.py
+
+bench-ray: install
+	nice -n 10 $(BIN)/python benchmarks/federated_sim.py --part ray
 
 # TensorFlow Federated parity (not part of `make test`). TFF 0.87 pins TensorFlow 2.14 and Python < 3.12,
 # so it gets its own .venv-tff, installed exactly from a hashed lock file.

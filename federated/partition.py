@@ -1,6 +1,8 @@
 """Split a labelled data set among clients: IID, Dirichlet(α) label skew, McMahan shards, quantity skew.
 
-Every scheme is seeded and deterministic, and assigns every sample to exactly one client. A
+Every scheme is seeded and deterministic. The schemes of ``SCHEMES`` assign every sample to exactly
+one client; ``resample`` makes more clients than there are samples: each client draws
+``samples_per_client`` distinct samples at random, so different clients may share samples. A
 partition is a tuple of sorted index arrays, one per client, into the label array it was made from.
 """
 
@@ -13,23 +15,29 @@ import numpy as np
 
 from federated.errors import ConfigError
 
-SCHEMES = ("iid", "dirichlet", "shards", "quantity")
+SCHEMES = ("iid", "dirichlet", "shards", "quantity")  # every sample exactly once
+RESAMPLE = "resample"  # samples repeat across clients
+ALL_SCHEMES = (*SCHEMES, RESAMPLE)
 Partition = tuple[np.ndarray, ...]
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """``scheme`` and its knobs: ``alpha`` (dirichlet, quantity), ``shards_per_client`` (shards)."""
+    """``scheme`` and its knobs: ``alpha`` (dirichlet, quantity), ``shards_per_client`` (shards),
+    ``samples_per_client`` (resample; ``None``: ``max(1, samples // clients)``)."""
 
     scheme: str = "iid"
     num_clients: int = 100
     alpha: float = 0.5
     shards_per_client: int = 2
     seed: int = 0
+    samples_per_client: int | None = None
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ConfigError(f"partition scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        if self.scheme not in ALL_SCHEMES:
+            raise ConfigError(f"partition scheme must be one of {', '.join(ALL_SCHEMES)}, got {self.scheme!r}")
+        if self.samples_per_client is not None and self.samples_per_client < 1:
+            raise ConfigError(f"samples_per_client must be >= 1 or None, got {self.samples_per_client}")
         if self.num_clients < 1:
             raise ConfigError(f"num_clients must be >= 1, got {self.num_clients}")
         if not (self.alpha > 0 and np.isfinite(self.alpha)):
@@ -39,12 +47,15 @@ class PartitionConfig:
 
 
 def partition(labels: np.ndarray, config: PartitionConfig) -> Partition:
-    """Index arrays (sorted, int64), one per client; together they cover ``range(len(labels))`` once."""
+    """Index arrays (sorted, int64), one per client; together they cover ``range(len(labels))`` once
+    (``resample``: each client's indices are distinct, clients may share indices)."""
     labels = np.asarray(labels)
     n, k = labels.shape[0], config.num_clients
+    rng = np.random.default_rng([config.seed, ALL_SCHEMES.index(config.scheme)])
+    if config.scheme == RESAMPLE:
+        return _resample(n, k, config.samples_per_client or max(1, n // k), rng)
     if n < k:
-        raise ConfigError(f"{n} samples cannot give each of {k} clients at least one")
-    rng = np.random.default_rng([config.seed, SCHEMES.index(config.scheme)])
+        raise ConfigError(f"{n} samples cannot give each of {k} clients at least one (partition resample allows repeats)")
     if config.scheme == "iid":
         parts = np.array_split(rng.permutation(n), k)
     elif config.scheme == "dirichlet":
@@ -101,6 +112,13 @@ def _quantity(n: int, k: int, alpha: float, rng: np.random.Generator) -> list[np
     """IID labels, client sizes ``1 + Multinomial(n - k, Dir(α))``: small α gives very unequal clients."""
     sizes = 1 + rng.multinomial(n - k, rng.dirichlet(np.full(k, alpha)))
     return np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
+
+
+def _resample(n: int, k: int, per_client: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Each client holds ``per_client`` distinct samples drawn uniformly; clients overlap (for K·m > n)."""
+    if per_client > n:
+        raise ConfigError(f"samples_per_client {per_client} exceeds the {n} samples to draw from")
+    return tuple(np.sort(rng.choice(n, size=per_client, replace=False)).astype(np.int64) for _ in range(k))
 
 
 def label_histogram(labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int | None = None) -> np.ndarray:

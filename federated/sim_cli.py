@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from federated.compress import METHODS
-from federated.partition import SCHEMES
+from federated.partition import ALL_SCHEMES
 from federated.server import AGGREGATORS
 from federated.server_opt import STRATEGIES
 
@@ -32,7 +32,8 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--model", default="cnn", help="registry model (cnn, mlp, mlp-small)")
     g.add_argument("--data", default="mnist5k", help="mnist5k, digits, an .npz or an image folder")
     g.add_argument("--clients", type=int, default=100)
-    g.add_argument("--partition", choices=SCHEMES, default="iid")
+    g.add_argument("--partition", choices=ALL_SCHEMES, default="iid", help="resample: clients draw samples, repeats allowed")
+    g.add_argument("--samples-per-client", type=int, default=None, help="resample: samples each client draws")
     g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
     g.add_argument("--shards-per-client", type=int, default=2)
     g.add_argument("--test-fraction", type=float, default=0.2)
@@ -44,8 +45,14 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--batch", type=_batch, default=10, help="local batch size, or 'full'")
     g.add_argument("--lr", type=float, default=0.1, help="client SGD learning rate")
     g.add_argument("--no-client-shuffle", action="store_true", help="local batches in data order")
-    g.add_argument("--engine", choices=("auto", "vmap", "loop"), default="auto",
-                   help="client training: all clients' steps at once (vmap, dense models) or a graph loop over clients")
+    g.add_argument("--engine", choices=("auto", "vmap", "loop", "ray"), default="auto",
+                   help="client training: all clients' steps at once (vmap, dense models), a graph loop over clients, "
+                        "or chunks of clients as Ray tasks (ray; auto inside each task)")
+    g.add_argument("--ray-address", default=None, help="HOST:PORT of a running Ray cluster's head (ray start --head); "
+                                                       "default: start a local instance on 127.0.0.1")
+    g.add_argument("--ray-cpus", type=int, default=2, help="CPUs (worker processes) of the local Ray instance")
+    g.add_argument("--ray-chunks", type=int, default=None, help="Ray tasks per round (default: one per CPU of the cluster)")
+    g.add_argument("--ray-object-store-mb", type=int, default=256, help="object store of the local Ray instance, MiB")
     g.add_argument("--dropout", type=float, default=0.0, help="probability a sampled client drops out")
     g.add_argument("--straggler-prob", type=float, default=0.0)
     g.add_argument("--straggler-slowdown", type=float, default=4.0)
@@ -104,7 +111,8 @@ def add_commands(sub: Any) -> None:
     part = sub.add_parser("partition", help="show how a data set splits among clients")
     part.add_argument("--data", default="mnist5k")
     part.add_argument("--clients", type=int, default=100)
-    part.add_argument("--partition", "--scheme", dest="scheme", choices=SCHEMES, default="iid", help="same as simulate's --partition")
+    part.add_argument("--partition", "--scheme", dest="scheme", choices=ALL_SCHEMES, default="iid", help="same as simulate's --partition")
+    part.add_argument("--samples-per-client", type=int, default=None, help="resample: samples each client draws")
     part.add_argument("--alpha", type=float, default=0.5)
     part.add_argument("--shards-per-client", type=int, default=2)
     part.add_argument("--test-fraction", type=float, default=0.2)
@@ -163,8 +171,23 @@ def config_from_args(args: argparse.Namespace):
         test_fraction=args.test_fraction, dropout=args.dropout, straggler_prob=args.straggler_prob,
         straggler_slowdown=args.straggler_slowdown, deadline=args.deadline, compression=args.compression,
         topk_fraction=args.topk_fraction, byzantine=args.byzantine, byzantine_scale=args.byzantine_scale,
-        eval_every=args.eval_every, engine=args.engine, server=server,
+        eval_every=args.eval_every, engine="auto" if args.engine == "ray" else args.engine, server=server,
+        samples_per_client=args.samples_per_client,
     )
+
+
+def ray_config_from_args(args: argparse.Namespace):
+    """The Ray settings of ``--engine ray`` (``None`` for the local engines, which take no --ray-* flag)."""
+    from federated.errors import ConfigError
+
+    if args.engine != "ray":
+        if args.ray_address is not None or args.ray_chunks is not None:
+            raise ConfigError("--ray-address and --ray-chunks need --engine ray")
+        return None
+    from federated.ray_engine import RayConfig
+
+    return RayConfig(address=args.ray_address, num_cpus=args.ray_cpus, chunks=args.ray_chunks,
+                     object_store_mb=args.ray_object_store_mb)
 
 
 def _fmt_row(row: dict[str, Any]) -> str:
@@ -196,6 +219,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     timed = timed_config_from_args(args) if is_timed(args) else None
+    ray_config = ray_config_from_args(args)
+    if timed is not None and ray_config is not None:
+        raise ConfigError("--engine ray trains synchronous rounds; the simulated-clock modes (--strategy fedbuff, "
+                          "--speed, --slow-fraction) run on the local engine")
     if args.export_mode and not args.out:
         raise ConfigError("--export-mode needs --out (the bundle is written under OUT/bundles/)")
     if not args.json:
@@ -212,8 +239,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                 stop_after=args.stop_after,
                                 on_round=None if args.json else lambda row: print(_fmt_timed_row(row), flush=True))
     else:
+        pool = None
+        if ray_config is not None:
+            from federated.ray_engine import ray_pool
+
+            pool = ray_pool(ray_config)
+            if not args.json:
+                print("training the clients on " + (f"the Ray cluster at {ray_config.address}" if ray_config.address
+                                                    else f"a local Ray instance ({ray_config.num_cpus} CPUs, 127.0.0.1)"))
         result = simulate(config, out=args.out, resume=args.resume, progress=not args.json, stop_after=args.stop_after,
-                          on_round=None if args.json else lambda row: print(_fmt_row(row), flush=True))
+                          on_round=None if args.json else lambda row: print(_fmt_row(row), flush=True), pool=pool)
     export = None
     if args.export_mode and len(result.history) == config.rounds:
         from device.runtime.native_log import quiet_native_output
@@ -224,7 +259,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     if args.json:
         print(json.dumps({"config": config.to_json(), "timed": timed.to_json() if timed else None,
-                          "rounds_done": len(result.history), "last": last,
+                          "engine": args.engine, "rounds_done": len(result.history), "last": last,
                           "out": args.out, "export": export}, indent=2, default=str))
     else:
         if args.out:
@@ -243,7 +278,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     ds = load_dataset(args.data, args.seed)
     train, _ = stratified_split(ds, args.test_fraction, args.seed)
-    parts = partition(train.y, PartitionConfig(args.scheme, args.clients, args.alpha, args.shards_per_client, args.seed))
+    parts = partition(train.y, PartitionConfig(args.scheme, args.clients, args.alpha, args.shards_per_client, args.seed,
+                                               args.samples_per_client))
     s = summary(train.y, parts, len(ds.labels))
     if args.plot:
         from federated.plots import plot_partition

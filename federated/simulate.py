@@ -22,20 +22,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from federated.compress import METHODS, compress
 from federated.dp import DPConfig
 from federated.errors import ConfigError, RoundRefused, StateError
-from federated.partition import SCHEMES, PartitionConfig, partition
+from federated.partition import ALL_SCHEMES, PartitionConfig, partition
 from federated.schedule import byzantine_weights, client_batches, padded_plan, round_plan
 from federated.server import ClientUpdate, Server, ServerConfig
-from federated.state import load_state, save_state
+from federated.state import ServerState, load_state, save_state
 from federated.weights import Weights, add, num_bytes, subtract
 
 CHECKPOINT = "checkpoint.npz"
@@ -80,6 +80,7 @@ class SimulationConfig:
     eval_every: int = 1
     engine: str = "auto"
     server: ServerConfig = field(default_factory=ServerConfig)
+    samples_per_client: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,7 +90,7 @@ class SimulationConfig:
             (self.batch is None or self.batch >= 1, f"batch must be >= 1 or None (full batch), got {self.batch}"),
             (self.lr > 0 and np.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
-            (self.partition in SCHEMES, f"partition must be one of {', '.join(SCHEMES)}, got {self.partition!r}"),
+            (self.partition in ALL_SCHEMES, f"partition must be one of {', '.join(ALL_SCHEMES)}, got {self.partition!r}"),
             (0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (0 <= self.straggler_prob <= 1, f"straggler_prob must be in [0, 1], got {self.straggler_prob}"),
@@ -105,7 +106,11 @@ class SimulationConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        PartitionConfig(self.partition, self.clients, self.alpha, self.shards_per_client, self.seed)
+        self.partition_config()
+
+    def partition_config(self) -> PartitionConfig:
+        return PartitionConfig(self.partition, self.clients, self.alpha, self.shards_per_client, self.seed,
+                               self.samples_per_client)
 
     @property
     def epochs(self) -> int:
@@ -177,15 +182,14 @@ def _setup(config: SimulationConfig) -> _Setup:
 
     ds = load_dataset(config.data, config.seed)
     train, test = stratified_split(ds, config.test_fraction, config.seed)
-    parts = partition(train.y, PartitionConfig(config.partition, config.clients, config.alpha,
-                                               config.shards_per_client, config.seed))
+    parts = partition(train.y, config.partition_config())
     width = len(str(config.clients - 1))
     return _Setup(train.normalized(), train.y.astype(np.int64), test.normalized(), test.y.astype(np.int64), parts,
                   len(ds.labels), ds.sample_shape, tuple(f"client-{i:0{width}d}" for i in range(config.clients)))
 
 
-def _round_plan(config: SimulationConfig, setup: _Setup, t: int):
-    return round_plan(config.seed, t, [p.size for p in setup.parts], config.fraction, epochs=config.epochs,
+def _round_plan(config: SimulationConfig, sizes: Sequence[int], t: int):
+    return round_plan(config.seed, t, sizes, config.fraction, epochs=config.epochs,
                       batch=config.batch_size, dropout=config.dropout, straggler_prob=config.straggler_prob,
                       straggler_slowdown=config.straggler_slowdown, deadline=config.deadline)
 
@@ -202,48 +206,113 @@ def plan(config: SimulationConfig) -> SimulationPlan:
     """Client data, test split, initial weights and per-round training order of ``simulate(config)``."""
     s = _setup(config)
     clients = tuple(ClientData(s.ids[i], s.x_train[p], s.y_train[p]) for i, p in enumerate(s.parts))
-    schedule = tuple(tuple(s.ids[c] for c in _round_plan(config, s, t).trained) for t in range(1, config.rounds + 1))
+    sizes = [p.size for p in s.parts]
+    schedule = tuple(tuple(s.ids[c] for c in _round_plan(config, sizes, t).trained) for t in range(1, config.rounds + 1))
     return SimulationPlan(clients, ClientData("test", s.x_test, s.y_test),
                           initial_weights(config, s.sample_shape, s.num_classes), schedule)
 
 
+class ClientPool(Protocol):
+    """Where the clients live and train: this process (:class:`LocalClients`) or elsewhere
+    (:mod:`federated.ray_engine` trains them on a Ray cluster, with the same results).
+
+    ``sizes[c]`` is client ``c``'s sample count. ``train(t, global_weights, clients)`` runs round
+    ``t``'s local training of the client indices ``clients`` from ``global_weights`` and returns their
+    weights and mean losses in that order; ``evaluate`` gives (mean loss, accuracy) on the test split.
+    """
+
+    ids: tuple[str, ...]
+    sizes: tuple[int, ...]
+    initial_weights: Weights
+
+    def train(self, t: int, global_weights: Weights, clients: Sequence[int]) -> tuple[list[Weights], np.ndarray]: ...
+
+    def evaluate(self, weights: Weights) -> tuple[float, float]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalClients:
+    """Every client in this process: the training set as one tensor, each client an index array into it."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        from federated.tf_clients import ClientTrainer, build_model
+
+        self.config = config
+        self.setup = s = _setup(config)
+        model = build_model(config.model, s.sample_shape, s.num_classes, config.seed)
+        self.initial_weights: Weights = [np.asarray(v.numpy()) for v in model.trainable_variables]
+        self.ids, self.sizes = s.ids, tuple(int(p.size) for p in s.parts)
+        self.trainer = ClientTrainer(model, s.x_train, s.y_train, config.lr, config.server.proximal_mu, config.engine)
+
+    def train(self, t: int, global_weights: Weights, clients: Sequence[int]) -> tuple[list[Weights], np.ndarray]:
+        parts = self.setup.parts
+        batches = [[parts[c][b] for b in local_batches(self.config, t, c, parts[c].size)] for c in clients]
+        return self.trainer.train_round(global_weights, *padded_plan(batches))
+
+    def evaluate(self, weights: Weights) -> tuple[float, float]:
+        return self.trainer.evaluate(weights, self.setup.x_test, self.setup.y_test)
+
+    def close(self) -> None:
+        pass
+
+
+def local_batches(config: SimulationConfig, t: int, client: int, size: int) -> list[np.ndarray]:
+    """Client ``client``'s batches in round ``t``, as positions into its own ``size`` samples."""
+    return client_batches(config.seed, t, client, size, config.epochs, config.batch_size, config.client_shuffle)
+
+
 def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bool = False, progress: bool = True,
              stop_after: int | None = None, on_round: Callable[[dict[str, Any]], None] | None = None,
-             stop_when: Callable[[dict[str, Any]], bool] | None = None) -> SimulationResult:
+             stop_when: Callable[[dict[str, Any]], bool] | None = None,
+             pool: Callable[[SimulationConfig], ClientPool] | None = None) -> SimulationResult:
     """Run ``config.rounds`` rounds (see the module docstring).
 
     ``on_round`` sees each round's metrics row. ``stop_after`` ends after that many rounds of this
     call, as a kill would, so the run can be resumed; ``stop_when(row)`` returning True ends the
-    run after that round (e.g. once a target accuracy is reached).
+    run after that round (e.g. once a target accuracy is reached). ``pool(config)`` makes the
+    clients (default :class:`LocalClients`); it is closed when the run ends. Which pool trained a
+    checkpoint does not matter to ``resume``.
     """
-    from federated.tf_clients import ClientTrainer, build_model
-
     out_dir = Path(out) if out is not None else None
-    s = _setup(config)
-    model = build_model(config.model, s.sample_shape, s.num_classes, config.seed)
-    server = Server(config.server, [np.asarray(v.numpy()) for v in model.trainable_variables], seed=config.seed)
-    history: list[dict[str, Any]] = []
-    start = 0
+    state = _restore(config, out_dir, resume)
     if out_dir is not None:
-        ckpt = out_dir / CHECKPOINT
-        if resume:
-            if not ckpt.is_file():
-                raise StateError(f"{out_dir}: nothing to resume (no {CHECKPOINT})")
-            state = load_state(ckpt)
-            saved = {k: v for k, v in state.extra.get("config", {}).items() if k != "rounds"}
-            given = {k: v for k, v in config.to_json().items() if k != "rounds"}
-            if saved != given:
-                diff = {k: (saved.get(k), given.get(k)) for k in set(saved) | set(given) if saved.get(k) != given.get(k)}
-                raise StateError(f"{out_dir}: cannot resume with a different config; changed (saved, given): {diff}")
-            server = Server.from_state(config.server, state)
-            history = list(state.extra["history"])
-            start = int(state.extra["sim_round"])
-        elif ckpt.exists():
-            raise StateError(f"{out_dir}: already holds a simulation; pass --resume to continue it, or use a new --out")
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(out_dir / METRICS, history)
+        _write_jsonl(out_dir / METRICS, list(state.extra["history"]) if state is not None else [])
+    clients = (pool or LocalClients)(config)
+    try:
+        return _run(config, clients, out_dir, state, progress, stop_after, on_round, stop_when)
+    finally:
+        clients.close()
 
-    trainer = ClientTrainer(model, s.x_train, s.y_train, config.lr, config.server.proximal_mu, config.engine)
+
+def _restore(config: SimulationConfig, out_dir: Path | None, resume: bool) -> ServerState | None:
+    """The checkpoint to resume from (``None``: a new run); refuses what cannot be resumed or would be overwritten."""
+    if out_dir is None:
+        return None
+    ckpt = out_dir / CHECKPOINT
+    if not resume:
+        if ckpt.exists():
+            raise StateError(f"{out_dir}: already holds a simulation; pass --resume to continue it, or use a new --out")
+        return None
+    if not ckpt.is_file():
+        raise StateError(f"{out_dir}: nothing to resume (no {CHECKPOINT})")
+    state = load_state(ckpt)
+    saved = {k: v for k, v in state.extra.get("config", {}).items() if k != "rounds"}
+    given = {k: v for k, v in config.to_json().items() if k != "rounds"}
+    if saved != given:
+        diff = {k: (saved.get(k), given.get(k)) for k in set(saved) | set(given) if saved.get(k) != given.get(k)}
+        raise StateError(f"{out_dir}: cannot resume with a different config; changed (saved, given): {diff}")
+    return state
+
+
+def _run(config: SimulationConfig, clients: ClientPool, out_dir: Path | None, state: ServerState | None, progress: bool,
+         stop_after: int | None, on_round: Callable[[dict[str, Any]], None] | None,
+         stop_when: Callable[[dict[str, Any]], bool] | None) -> SimulationResult:
+    if state is None:
+        server, history, start = Server(config.server, clients.initial_weights, seed=config.seed), [], 0
+    else:
+        server, history, start = Server.from_state(config.server, state), list(state.extra["history"]), int(state.extra["sim_round"])
     model_bytes = num_bytes(server.weights)
     sampling_rate = max(int(round(config.fraction * config.clients)), 1) / config.clients
     done_here = 0
@@ -252,12 +321,10 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
             if stop_after is not None and done_here >= stop_after:
                 break
             t0 = time.perf_counter()
-            rp = _round_plan(config, s, t)
+            rp = _round_plan(config, clients.sizes, t)
             global_w = server.weights
             honest = [c for c in rp.trained if c >= config.byzantine]
-            batches = [[s.parts[c][b] for b in client_batches(config.seed, t, c, s.parts[c].size, config.epochs,
-                                                               config.batch_size, config.client_shuffle)] for c in honest]
-            trained_w, losses = trainer.train_round(global_w, *padded_plan(batches))
+            trained_w, losses = clients.train(t, global_w, honest)
             by_client = dict(zip(honest, zip(trained_w, losses)))
             updates: list[ClientUpdate] = []
             bytes_up = 0
@@ -273,7 +340,7 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
                 else:
                     nbytes = model_bytes
                 bytes_up += nbytes
-                updates.append(ClientUpdate(s.ids[c], w, int(s.parts[c].size), metrics))
+                updates.append(ClientUpdate(clients.ids[c], w, int(clients.sizes[c]), metrics))
             row: dict[str, Any] = {"round": t}
             try:
                 outcome = server.aggregate(updates, sampling_rate=sampling_rate)
@@ -286,7 +353,7 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
                 if config.server.dp is not None:
                     row["epsilon"] = server.epsilon()
             train_seconds = time.perf_counter() - t0
-            counts = [s.parts[c].size for c in honest]
+            counts = [clients.sizes[c] for c in honest]
             row.update(
                 train_loss=float(np.average(losses, weights=counts)) if counts else None,
                 selected=len(rp.selected), dropped=len(rp.dropped), late=len(rp.late), trained=len(rp.trained),
@@ -294,7 +361,7 @@ def simulate(config: SimulationConfig, out: Path | str | None = None, resume: bo
             )
             if t % config.eval_every == 0 or t == config.rounds:
                 t1 = time.perf_counter()
-                row["test_loss"], row["test_accuracy"] = trainer.evaluate(server.weights, s.x_test, s.y_test)
+                row["test_loss"], row["test_accuracy"] = clients.evaluate(server.weights)
                 row["eval_seconds"] = time.perf_counter() - t1
             history.append(row)
             done_here += 1

@@ -66,3 +66,26 @@ def test_bad_configs() -> None:
         PartitionConfig("zipf")
     with pytest.raises(ConfigError, match="at least one"):
         partition(np.zeros(5, int), PartitionConfig(num_clients=6))
+
+
+def test_resample_makes_more_clients_than_samples_with_distinct_samples_each() -> None:
+    from federated.partition import RESAMPLE
+
+    labels = np.arange(50) % 10
+    cfg = PartitionConfig(RESAMPLE, num_clients=400, samples_per_client=7, seed=3)
+    parts = partition(labels, cfg)
+    assert len(parts) == 400 and all(p.size == 7 and np.unique(p).size == 7 for p in parts)
+    assert all(np.all(np.diff(p) > 0) and p.min() >= 0 and p.max() < 50 for p in parts)
+    used = np.concatenate(parts)
+    assert np.unique(used).size == 50 and used.size == 2800  # every sample used, most of them many times
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(labels, cfg)))
+    other = partition(labels, PartitionConfig(RESAMPLE, num_clients=400, samples_per_client=7, seed=4))
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
+    # draws are uniform: each sample lands in about 400 * 7 / 50 = 56 clients
+    counts = np.bincount(used, minlength=50)
+    assert counts.min() > 25 and counts.max() < 95
+    assert [p.size for p in partition(labels, PartitionConfig(RESAMPLE, num_clients=5))] == [10] * 5  # default n // k
+    with pytest.raises(ConfigError, match="samples_per_client"):
+        partition(labels, PartitionConfig(RESAMPLE, num_clients=5, samples_per_client=51))
+    with pytest.raises(ConfigError, match="samples_per_client"):
+        PartitionConfig(RESAMPLE, samples_per_client=0)
