@@ -23,7 +23,7 @@ def test_embedded_metadata_reads_back_field_by_field() -> None:
     assert md["min_parser_version"] == "1.0.0"
     sub = md["subgraph_metadata"][0]
     inp, = sub["input_tensor_metadata"]
-    assert inp["name"] == "input" and "28x28 grayscale image, int8 input" == inp["description"]
+    assert inp["name"] == "input" and inp["description"] == "28x28 grayscale image, int8 input"
     assert inp["content"] == {"content_properties_type": "ImageProperties",
                               "content_properties": {"color_space": "GRAYSCALE"}}
     assert inp["process_units"] == [{"options_type": "NormalizationOptions", "options": {"mean": [0.0], "std": [255.0]}}]
