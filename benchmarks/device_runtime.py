@@ -772,6 +772,119 @@ def multi_output_table(multi: dict[str, Any]) -> Table:
     table.add_row(multi["model"], outputs, f"{multi['runtime_run_us']:.1f}", f"{multi['raw_invoke_us']:.1f}",
                   f"{multi['overhead_pct']:+.1f} % ({'≤' if multi['target_met'] else '>'} {OVERHEAD_TARGET_PCT:g} %)",
                   f"{multi['max_abs_delta_vs_raw']:.1e}")
+# -- MobileNetV2 int8 with uint8 input (issue 10): a realistic image model -------------------------
+# Self-contained: its own bundle, its own worker process, its own table and JSON key.
+
+MOBILENET_WORKER = r"""
+import json, sys, time
+import numpy as np
+from device.runtime.interpreter import load_interpreter_class
+from device.runtime.runtime import Runtime
+
+cfg = json.loads(sys.argv[1])
+image = np.load(cfg["image"])
+rt = Runtime(cfg["bundle"], num_threads=1)
+cls, _ = load_interpreter_class()
+it = cls(model_path=str(rt.model_path), num_threads=1)
+it.allocate_tensors()
+inp, out = it.get_input_details()[0], it.get_output_details()[0]
+batch = image[None]
+
+def raw():
+    it.set_tensor(inp["index"], batch)
+    it.invoke()
+    return it.get_tensor(out["index"])
+
+def predict():
+    return rt.predict(image)
+
+calls = {"raw_litert": raw, "runtime_predict": predict}
+assert np.array_equal(rt.preprocess(image)[0], batch), "the uint8 input is not the raw pixels"
+rounds = {k: [] for k in calls}
+for r in range(cfg["rounds"]):
+    order = list(calls) if r % 2 == 0 else list(reversed(list(calls)))
+    for key in order:
+        fn = calls[key]
+        for _ in range(cfg["warmup"]):
+            fn()
+        times = np.empty(cfg["runs"])
+        for i in range(cfg["runs"]):
+            t0 = time.perf_counter()
+            fn()
+            times[i] = time.perf_counter() - t0
+        rounds[key].append(float(np.median(times)) * 1e6)
+ops = {}
+for op in it._get_ops_details():
+    ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+print("@@bench " + json.dumps({"rounds": rounds, "ops": ops, "top1_raw": int(np.argmax(raw()[0])),
+                                "top1_predict": int(np.argmax(predict()))}))
+"""
+
+
+def build_mobilenet_bundle(work: Path, images: int = 60) -> tuple[Path, dict[str, Any]]:
+    """Random-init MobileNetV2 (alpha 0.35, 96x96x3) exported int8 with uint8 I/O, calibrated and
+    verified on synthetic coloured shapes; returns the bundle and its verification."""
+    import keras
+
+    from cloud.export.exporter import ExportConfig, export_bundle, load_run
+    from cloud.export.source import SourceOptions
+    from cloud.train.shapes import ShapesConfig, make_shapes
+    from models.registry import get_model
+
+    shapes = make_shapes(work / "shapes", ShapesConfig(per_class=images // 3, size=96, classes=3, seed=0))
+    keras.utils.set_random_seed(0)
+    model = get_model("mobilenet-v2").build((96, 96, 3), 3)
+    model.save(work / "mobilenet-v2.keras")
+    # random weights are at chance by construction: declare the task, skip nothing else
+    run = load_run(work / "mobilenet-v2.keras", SourceOptions(data=str(shapes), task="regression"))
+    bundle = work / "mobilenet-v2-int8"
+    v = export_bundle(run, bundle, ExportConfig(mode="int8", io="uint8", name="mobilenet-v2-int8"))
+    return bundle, v.to_json()
+
+
+def measure_mobilenet(settings: Settings) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgeloop-mobilenet-") as tmp:
+        work = Path(tmp)
+        console.print("mobilenet-v2: exporting a random-init MobileNetV2 int8 bundle with uint8 input")
+        bundle, verification = build_mobilenet_bundle(work)
+        image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        np.save(work / "image.npy", image)
+        cfg = {"bundle": str(bundle), "image": str(work / "image.npy"), "rounds": settings.rounds,
+               "runs": max(50, settings.runs // 10), "warmup": max(10, settings.warmup // 10)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([str(VENV_PYTHON), "-c", MOBILENET_WORKER, json.dumps(cfg)], capture_output=True,
+                              text=True, timeout=1800, env=env, cwd=ROOT)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
+        if proc.returncode != 0 or line is None:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "worker failed"}
+        data = json.loads(line[len(MARK):])
+        size = (bundle / "model.tflite").stat().st_size
+    raw_rm, rt_rm = data["rounds"]["raw_litert"], data["rounds"]["runtime_predict"]
+    raw_us, rt_us = float(np.median(raw_rm)), float(np.median(rt_rm))
+    per_round = [(b / a - 1) * 100 for a, b in zip(raw_rm, rt_rm)]
+    return {"size_bytes": size, "ops": data["ops"], "raw_median_us": raw_us, "runtime_median_us": rt_us,
+            "overhead_us": rt_us - raw_us, "overhead_pct": (rt_us / raw_us - 1) * 100,
+            "per_round_pct": {"min": min(per_round), "max": max(per_round)},
+            "target_met": (rt_us / raw_us - 1) * 100 <= OVERHEAD_TARGET_PCT,
+            "same_top1": data["top1_raw"] == data["top1_predict"], "settings": cfg | {"bundle": None, "image": None},
+            "verification": {k: verification[k] for k in ("samples", "max_abs_logit_diff", "max_rel_logit_diff")}}
+
+
+def mobilenet_table(m: dict[str, Any]) -> Table:
+    table = Table(title="MobileNetV2 alpha 0.35 96x96x3, int8 with uint8 input: Runtime.predict on a raw uint8 "
+                        f"image vs set_tensor/invoke/get_tensor (µs, batch 1, 1 thread; target ≤ {OVERHEAD_TARGET_PCT:g} %)")
+    for col in ("size", "raw LiteRT", "Runtime.predict", "overhead", "per-round range", "≤ 5 %?", "ops"):
+        table.add_column(col, justify="left" if col == "ops" else "right")
+    if "error" in m:
+        table.add_row("", "", "", "", "", "[yellow]unavailable[/]", escape(m["error"]))
+        return table
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(m["ops"].items(), key=lambda kv: -kv[1]))
+    table.add_row(f"{m['size_bytes'] / 1024:.0f} KiB", f"{m['raw_median_us']:.1f}", f"{m['runtime_median_us']:.1f}",
+                  f"{m['overhead_pct']:+.2f} % ({m['overhead_us']:.1f} µs)",
+                  f"{m['per_round_pct']['min']:+.1f} … {m['per_round_pct']['max']:+.1f} %",
+                  "[green]met[/]" if m["target_met"] else "[bold red]NOT met[/]", ops)
     return table
 
 
@@ -779,6 +892,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test: few rounds and runs (~20 s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
+    parser.add_argument("--only-mobilenet", action="store_true",
+                        help="only the MobileNetV2 int8/uint8 row (writes benchmarks/results/device_runtime_mobilenet.json)")
     return parser.parse_args(argv)
 
 
@@ -786,6 +901,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
     started = time.perf_counter()
+    if args.only_mobilenet:
+        mobilenet = measure_mobilenet(settings)
+        console.print(mobilenet_table(mobilenet))
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("device_runtime_mobilenet.json")
+        out.write_text(json.dumps({"benchmark": "device_runtime/mobilenet_v2", "quick": args.quick,
+                                   "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                                   "machine": {"cpu": cpu_model(), "python": platform.python_version()},
+                                   "mobilenet_v2": mobilenet}, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {out}")
+        return 0
     console.print(f"[bold]edgeloop device runtime benchmark[/] ({'quick' if args.quick else 'full'} run)")
 
     console.print("latency: starting one worker per interpreter backend")
@@ -797,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     imports = measure_imports(settings.import_reps)
     console.print("installed size: walking the requirement closures")
     sizes = measure_sizes()
+    mobilenet = measure_mobilenet(settings)
     venvs = {name: venv_site_packages_mb(ROOT / name) for name in (".venv-device", ".venv", ".venv-legacy")}
     console.print("multi-output third-party model: Runtime.run vs the bare loop")
     multi = measure_multi_output(settings)
@@ -804,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console.print()
     for table in (latency_table(series, settings), overhead_table(overheads), import_table(imports, settings.import_reps),
-                  size_table(sizes), multi_output_table(multi)):
+                  size_table(sizes), mobilenet_table(mobilenet), multi_output_table(multi)):
         console.print(table)
     result = {
         "benchmark": "device_runtime",
@@ -818,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
         "overhead": {f"{bundle}/runtime_vs_{baseline}": o for (bundle, baseline), o in overheads.items()},
         "imports": imports,
         "sizes": sizes,
+        "mobilenet_v2": mobilenet,
         "venv_site_packages_mb": venvs,
         "multi_output": multi,
         "elapsed_s": elapsed,

@@ -78,24 +78,48 @@ class Layers:
         return [np.asarray(a, np.float32) for _, k, b, _ in self.dense for a in (k, b)]
 
 
+def _chain(model: Any) -> list[Any]:
+    """The model's layers in order, without its InputLayer; a functional model must be a chain
+    (each layer takes the previous one's output), as a Sequential is."""
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if type(model).__name__ == "Sequential":
+        return layers
+    for prev, layer in zip([None, *layers[:-1]], layers):
+        inbound = getattr(layer, "_inbound_nodes", [])
+        for node in inbound:
+            parents = [t._keras_history[0] for t in node.input_tensors if hasattr(t, "_keras_history")]
+            parents = [p for p in parents if type(p).__name__ != "InputLayer"]
+            if len(parents) > 1 or (prev is not None and parents and parents[0] is not prev):
+                names = ", ".join(f"{p.name} ({type(p).__name__})" for p in parents)
+                raise ValueError(f"layer {layer.name} ({type(layer).__name__}) takes {names}: a trainable export "
+                                 "needs a chain of layers (a frozen feature extractor, then a dense head)")
+    return layers
+
+
 def split_layers(model: Any) -> Layers:
-    """Walk a Keras Sequential (registry ``mlp``/``cnn``): convolutions frozen, dense layers trainable."""
+    """Walk a Sequential or a chain-shaped functional model: a frozen feature extractor, then a
+    trainable dense head.
+
+    Before the first Dense layer, convolutions, max pooling and flatten are written out as
+    constants; any other layer, including a whole nested model (a MobileNetV2 backbone), is
+    kept frozen as it is, its weights baked in at conversion. The Dense layers train.
+    """
     frozen: list[tuple[str, str, dict[str, Any]]] = []
     dense: list[tuple[str, np.ndarray, np.ndarray, bool]] = []
-    for layer in model.layers:
+    for layer in _chain(model):
         kind = type(layer).__name__
         act = getattr(getattr(layer, "activation", None), "__name__", "linear")
-        if act not in ("relu", "linear"):
-            raise ValueError(f"layer {layer.name}: activation {act!r} is not supported in a trainable export")
         if kind == "Dense":
+            if act not in ("relu", "linear"):
+                raise ValueError(f"layer {layer.name} (Dense): activation {act!r} is not supported in a trainable "
+                                 "export (relu or linear; the softmax is in the loss)")
             kernel, bias = layer.get_weights()
             dense.append((layer.name, kernel, bias, act == "relu"))
         elif dense:
             raise ValueError(f"layer {layer.name} ({kind}) after a Dense layer: only a dense head can be trained")
-        elif kind == "Conv2D":
+        elif kind == "Conv2D" and act in ("relu", "linear") and tuple(layer.strides) == (1, 1) \
+                and tuple(layer.dilation_rate) == (1, 1) and layer.use_bias:
             kernel, bias = layer.get_weights()
-            if tuple(layer.strides) != (1, 1) or tuple(layer.dilation_rate) != (1, 1):
-                raise ValueError(f"layer {layer.name}: only stride-1, undilated convolutions are supported")
             frozen.append(("conv", layer.name, {"kernel": kernel, "bias": bias, "padding": layer.padding.upper(),
                                                 "relu": act == "relu"}))
         elif kind == "MaxPooling2D":
@@ -103,11 +127,40 @@ def split_layers(model: Any) -> Layers:
                                                 "padding": layer.padding.upper()}))
         elif kind == "Flatten":
             frozen.append(("flatten", layer.name, {}))
+        elif kind in ("Dropout", "InputLayer"):
+            continue  # identity at inference
         else:
-            raise ValueError(f"layer {layer.name} ({kind}) is not supported in a trainable export")
+            frozen.append(("keras", layer.name, {"layer": layer}))
     if not dense:
         raise ValueError(f"model {model.name} has no Dense layer to train")
     return Layers(tuple(int(d) for d in model.input_shape[1:]), tuple(frozen), tuple(dense))
+
+
+def _constant_function(layer: Any, layers: Layers, index: int) -> Any:
+    """``layer`` in inference mode as a TF function whose weights are constants (frozen, not variables)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    shape = tuple(layers.input_shape)
+    probe = np.zeros((1, *shape), np.float32)
+    for kind, _, opts in layers.frozen[:index]:  # the shape this layer receives
+        if kind == "keras":
+            probe = np.asarray(opts["layer"](probe, training=False))
+        elif kind == "conv":
+            probe = tf.nn.conv2d(probe, opts["kernel"], strides=1, padding=opts["padding"]).numpy()
+        elif kind == "pool":
+            probe = tf.nn.max_pool2d(probe, opts["size"], opts["strides"], opts["padding"]).numpy()
+        else:
+            probe = probe.reshape(1, -1)
+    spec = tf.TensorSpec([None, *probe.shape[1:]], tf.float32)
+    concrete = tf.function(lambda x: layer(x, training=False)).get_concrete_function(spec)
+    frozen = convert_variables_to_constants_v2(concrete)
+
+    def call(x: Any) -> Any:
+        out = frozen(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return call
 
 
 def build_module(layers: Layers, config: TrainableConfig, weights: Sequence[np.ndarray] | None = None) -> Any:
@@ -122,6 +175,8 @@ def build_module(layers: Layers, config: TrainableConfig, weights: Sequence[np.n
     relus = [relu for *_, relu in layers.dense]
     frozen = [(kind, {k: tf.constant(v) if isinstance(v, np.ndarray) else v for k, v in opts.items()})
               for kind, _, opts in layers.frozen]
+    frozen = [(kind, {"fn": _constant_function(o["layer"], layers, i)} if kind == "keras" else o)
+              for i, (kind, o) in enumerate(frozen)]
 
     class TrainableModel(tf.Module):
         def __init__(self) -> None:
@@ -139,6 +194,8 @@ def build_module(layers: Layers, config: TrainableConfig, weights: Sequence[np.n
                     x = tf.maximum(x, 0.0) if o["relu"] else x
                 elif kind == "pool":
                     x = tf.nn.max_pool2d(x, o["size"], o["strides"], o["padding"])
+                elif kind == "keras":
+                    x = o["fn"](x)
                 else:
                     x = tf.reshape(x, [tf.shape(x)[0], -1])
             if len(x.shape) != 2:

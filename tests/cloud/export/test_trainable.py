@@ -128,3 +128,61 @@ def test_old_bundles_still_parse_and_are_not_trainable() -> None:
     assert manifest.trainable is None
     assert "trainable" not in manifest.to_json()  # re-serialized old manifests are unchanged
     assert parse_manifest(manifest.to_json()) == manifest
+
+
+def test_functional_models_split_and_unsupported_layers_are_named() -> None:
+    # Regression: a functional model failed with "layer input_layer (InputLayer) is not supported",
+    # naming the wrong layer.
+    import keras
+
+    from cloud.export.trainable import split_layers
+
+    inp = keras.Input((6,), name="features")
+    h = keras.layers.Dense(8, activation="relu", name="hidden")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+    layers = split_layers(model)
+    assert layers.input_shape == (6,) and layers.variable_names() == ["hidden/kernel", "hidden/bias", "out/kernel", "out/bias"]
+    after = keras.Model(inp, keras.layers.BatchNormalization(name="late_bn")(keras.layers.Dense(3, name="d")(inp)))
+    with pytest.raises(ValueError, match=r"layer late_bn \(BatchNormalization\) after a Dense layer"):
+        split_layers(after)
+    a = keras.layers.Dense(4, name="branch_a")(inp)
+    b = keras.layers.Dense(4, name="branch_b")(inp)
+    joined = keras.Model(inp, keras.layers.Dense(2, name="head")(keras.layers.Add(name="join")([a, b])))
+    with pytest.raises(ValueError, match=r"layer join \(Add\) takes branch_a \(Dense\), branch_b \(Dense\)"):
+        split_layers(joined)
+    soft = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="probs")(inp))
+    with pytest.raises(ValueError, match=r"layer probs \(Dense\): activation 'softmax'"):
+        split_layers(soft)
+
+
+@pytest.mark.slow
+def test_frozen_backbone_with_batch_norm_and_a_trainable_dense_head(tmp_path: Path) -> None:
+    """The on-device personalization pattern: a frozen feature extractor (strided conv, batch norm,
+    ReLU6, depthwise conv, global pooling: MobileNetV2's ops) baked in as constants, a dense head trained."""
+    import keras
+
+    from cloud.export.trainable import TrainableConfig, convert_trainable, split_layers, verify_trainable
+
+    keras.utils.set_random_seed(0)
+    bb_in = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(bb_in)
+    bn = keras.layers.BatchNormalization()
+    h = keras.layers.ReLU(6.0)(bn(h))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.DepthwiseConv2D(3, padding="same")(h))
+    backbone = keras.Model(bb_in, h, name="backbone")
+    bn.set_weights([np.full(8, 1.5, np.float32), np.full(8, 0.1, np.float32), np.full(8, 0.2, np.float32),
+                    np.full(8, 2.0, np.float32)])  # non-trivial statistics, so folding them wrongly shows
+    backbone.trainable = False
+    inp = keras.Input((16, 16, 3))
+    out = keras.layers.Dense(3, name="head_1")(keras.layers.Dense(16, activation="relu", name="head_0")(backbone(inp)))
+    model = keras.Model(inp, out)
+    layers = split_layers(model)
+    assert [(k, n) for k, n, _ in layers.frozen] == [("keras", "backbone")]
+    assert layers.variable_names() == ["head_0/kernel", "head_0/bias", "head_1/kernel", "head_1/bias"]
+    config = TrainableConfig(train_batch=8, verify_steps=3)
+    tflite, _ = convert_trainable(layers, config, str(tmp_path))
+    rng = np.random.default_rng(0)
+    x, y = rng.random((24, 16, 16, 3), dtype=np.float32), rng.integers(0, 3, 24)
+    v = verify_trainable(tflite, layers, config, x, y, np.asarray(model(x[:16])), x[:16], y[:16])
+    assert v.passed, v.failures
+    assert v.max_abs_logit_diff < 1e-4 and v.max_weight_diff <= 1e-5 and v.roundtrip_exact
