@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device import Runtime
-from device.errors import TaskError
+from device import Runtime, errors
 from tests.device.runtime import tiny_models
 
 
@@ -64,7 +63,7 @@ def test_multilabel_classify_ranks_independent_scores(model: Path, tmp_path: Pat
 
 def test_regression_has_no_classes(model: Path, tmp_path: Path) -> None:
     rt = Runtime(tiny_models.vector_bundle(tmp_path / "reg", model, "regression", "values"))
-    with pytest.raises(TaskError, match="regression model has no classes"):
+    with pytest.raises(errors.TaskError, match="regression model has no classes"):
         rt.classify(_sensor(None))
 
 
