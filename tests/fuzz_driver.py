@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,7 +110,7 @@ def fuzz_service(url: str, device_token: str, admin_token: str | None, n: int, s
                 headers["X-Model-Version"] = str(random_json(rng))[:100]
             headers = {k: _header_bytes(v) for k, v in headers.items()}
             which = int(rng.integers(0, 9))
-            segment = str(random_json(rng))[:40].replace("/", "%2F").replace("?", "%3F").replace("#", "%23")
+            segment = urllib.parse.quote(str(random_json(rng))[:40].encode("utf-8", "surrogatepass"), safe="")
             if which <= 2:
                 r = client.post("/v1/samples", content=random_body(rng, valid), headers=headers)
             elif which <= 4:
