@@ -224,7 +224,7 @@ def test_20_half_open_connections_are_closed_after_the_header_timeout(service) -
         for s in socks:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         assert httpx.get(svc.url + "/healthz", timeout=5).status_code == 200  # others are still served
-        time.sleep(2.0)  # the test server's --header-timeout is 1 s
+        time.sleep(3.0)  # the test server's --header-timeout is 1 s
         closed = 0
         for s in socks:
             s.settimeout(2)
