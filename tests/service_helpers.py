@@ -83,15 +83,20 @@ class ServiceProcess:
         self.stop()
 
 
-def setup_service(data_dir: Path, devices: tuple[str, ...] = ("dev1",)):
-    """A data dir with a signing key and registered devices; returns (sessions, registry, key, pub_path, tokens)."""
+def setup_service(data_dir: Path, devices: tuple[str, ...] = ("dev1",), database_url: str | None = None):
+    """A data dir with a signing key and registered devices; returns (sessions, registry, key, pub_path, tokens).
+
+    The store is SQLite in the data dir unless ``database_url`` names another (a test's PostgreSQL).
+    """
     from cloud.release.signing import keygen, load_private_key
     from cloud.service.auth import add_device
-    from cloud.service.db import database_url, make_engine, make_sessionmaker
+    from cloud.service.db import database_url as resolve_url
+    from cloud.service.db import make_engine, make_sessionmaker
     from cloud.service.registry import Registry
 
     private, public = keygen(data_dir / "keys")
-    sessions = make_sessionmaker(make_engine(database_url(data_dir, "sqlite:///" + str(data_dir / "edgeloop.sqlite"))))
+    url = database_url or "sqlite:///" + str(data_dir / "edgeloop.sqlite")
+    sessions = make_sessionmaker(make_engine(resolve_url(data_dir, url)))
     registry = Registry(sessions, data_dir)
     tokens = {name: add_device(sessions, name) for name in devices}
     return sessions, registry, load_private_key(private), public, tokens
