@@ -103,6 +103,7 @@ bench: install legacy device-env device-fl-env
 	$(BIN)/python benchmarks/device_runtime.py
 	nice -n 10 $(BIN)/python benchmarks/federated_sim.py
 	$(BIN)/python benchmarks/fleet_load.py
+	$(BIN)/python benchmarks/fuzz.py
 	nice -n 10 $(BIN)/python benchmarks/federated_deploy.py
 
 bundles: install

@@ -346,7 +346,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                   "application/json": {"schema": inline_refs(BatchIn.model_json_schema())}}}})
     async def samples(request: Request, authorization: Annotated[str | None, Header()] = None,
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        device_id = authenticate(request, authorization)
+        device_id = await run_in_threadpool(authenticate, request, authorization)  # a DB lookup: off the event loop
         throttle(device_id)
         body = await read_body(request)
         if not idempotency_key or len(idempotency_key) > 128:
@@ -372,7 +372,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": inline_refs(EventIn.model_json_schema())}}}})
     async def events(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
-        device_id = authenticate(request, authorization)
+        device_id = await run_in_threadpool(authenticate, request, authorization)
         throttle(device_id)
         try:
             body = EventIn.model_validate_json(await read_body(request))

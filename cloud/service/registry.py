@@ -43,7 +43,9 @@ class Release:
 
     @property
     def etag(self) -> str:
-        return f'"v{self.version}-{self.model_sha256[:16]}"'
+        """Names the version and its release statement: a re-signed statement (a rollback) is a new ETag."""
+        sequence = f"-s{self.statement['sequence']}" if self.statement else ""
+        return f'"v{self.version}-{self.model_sha256[:16]}{sequence}"'
 
     def to_json(self, base_url: str = "") -> dict[str, Any]:
         return {"version": self.version, "name": self.name, "mode": self.mode, "etag": self.etag,

@@ -96,7 +96,8 @@ class Agent:
         self._lock = threading.Lock()
         self._rng = random.Random(config.seed)
         self._reported_drops = self.queue.meta(REPORTED_DROPS)  # drops told to the server (persisted), at start
-        self._last_drop_report = -1e9
+        self._last_drop_report = self._last_drop_send = -1e9
+        self._unsent_drops: str | None = None  # the newest drop report the server has not acknowledged
         self.events: list[dict[str, Any]] = []  # what happened, newest last (also logged and reported)
         self.reporter = SummaryReporter()  # per-version interval summaries: drift and rollout health
         self.consent = ConsentSwitch(config.directory)  # AGENT_DIR/consent "collect: off" stops collection at once
@@ -132,7 +133,7 @@ class Agent:
         if allowed and self.sampler.keep(pred.confidence, labelled=label is not None):
             self.queue.put(_wire_input(np.asarray(x), runtime.input_spec.raw_dtype), pred.index, pred.confidence,
                            version, label)
-            self._report_drops()
+            self._report_drops(send=False)  # recorded now; sent by the run loop (no network I/O while serving)
         return pred
 
     def _load_current(self) -> Runtime:
@@ -324,38 +325,49 @@ class Agent:
             sent += self.queue.ack(key)
         return sent
 
-    def _report_drops(self, force: bool = False) -> None:
-        """Report samples dropped over the queue cap until the server has heard of them.
+    def _report_drops(self, force: bool = False, send: bool = True) -> None:
+        """Record samples dropped over the queue cap, and report them until the server has heard of them.
 
-        New drops are reported at once the first time (and on every ``force``), then at most
-        every 10 s; drops not yet delivered (offline, or before a restart) are retried every
-        10 s. What was delivered is persisted in the queue, so a restart re-reports the rest.
+        New drops are recorded at once the first time (and on every ``force``), then at most every
+        10 s. ``send`` False (the inference path) only records them: no network I/O while serving.
+        The run loop sends what the server has not acknowledged (offline, or before a restart) on
+        its next cycle and then at most every 10 s; what was delivered is persisted in the queue,
+        so a restart reports the rest.
         """
         dropped = self.queue.counters()["dropped"]
         delivered = self.queue.meta(REPORTED_DROPS)
-        new = dropped > self._reported_drops
-        if dropped <= delivered or (not new and self.client is None):
-            return
         now = time.monotonic()
-        if not (new and force) and now - self._last_drop_report < 10.0:
+        if dropped > self._reported_drops and (force or now - self._last_drop_report >= 10.0):
+            since, self._reported_drops, self._last_drop_report = self._reported_drops, dropped, now
+            detail = f"sample queue full ({self.config.queue_max}): {dropped - since} oldest samples dropped, {dropped} in total"
+            self._event("dropped", detail, send=False)
+            self._unsent_drops = detail
+            self._last_drop_send = -1e9  # send this one at the next chance
+        if not send or self.client is None or dropped <= delivered:
             return
-        since = self._reported_drops if new else delivered
-        self._last_drop_report, self._reported_drops = now, dropped
-        if self._event("dropped", f"sample queue full ({self.config.queue_max}): "
-                                  f"{dropped - since} oldest samples dropped, {dropped} in total"):
+        if now - self._last_drop_send < 10.0:
+            return
+        self._last_drop_send = now
+        detail = self._unsent_drops or (f"sample queue full ({self.config.queue_max}): {dropped - delivered} oldest "
+                                        f"samples dropped, {dropped} in total")
+        if self._send("dropped", detail, None):
             self.queue.set_meta(REPORTED_DROPS, dropped)
+            self._unsent_drops = None
 
-    def _event(self, kind: str, detail: str, version: int | str | None = None) -> bool:
-        """Record an event, log it and report it to the server; True if the server acknowledged it."""
+    def _event(self, kind: str, detail: str, version: int | str | None = None, send: bool = True) -> bool:
+        """Record an event, log it and (``send``) report it to the server; True if the server acknowledged it."""
         event = {"kind": kind, "detail": detail[:1900], "version": None if version is None else str(version)[:64],
                  "time": time.time()}
         self.events.append(event)
         del self.events[:-1000]  # a long-lived agent keeps the newest thousand
         (log.warning if kind in ("rejected", "rollback", "dropped", "upload-rejected") else log.info)("%s: %s", kind, detail)
+        return send and self._send(kind, event["detail"], event["version"])
+
+    def _send(self, kind: str, detail: str, version: str | None) -> bool:
         if self.client is None:
             return False
         try:
-            self.client.report(kind, event["version"], event["detail"], self.queue.counters())
+            self.client.report(kind, version, detail, self.queue.counters())
             return True
         except EdgeloopError as exc:  # reporting is best effort; the event stays in self.events and the log
             log.info("could not report %s: %s", kind, exc)

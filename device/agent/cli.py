@@ -27,7 +27,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         public_key=Path(args.public_key) if args.public_key else None,
         initial_bundle=resolve_bundle(args.initial) if args.initial else None,
         poll_interval=args.poll_interval, upload_interval=args.upload_interval, max_backoff=args.max_backoff,
-        batch_size=args.batch_size, queue_max=args.queue_max,
+        batch_size=args.batch_size, queue_max=args.queue_max, timeout=args.timeout,
+        download_timeout=args.download_timeout,
         policy=CollectionPolicy(args.collect, args.rate, args.threshold), num_threads=args.threads,
     )
     with quiet_native_output(stdout=False):
@@ -76,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poll-interval", type=float, default=30.0)
     p.add_argument("--upload-interval", type=float, default=10.0)
     p.add_argument("--max-backoff", type=float, default=300.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for one request to answer")
+    p.add_argument("--download-timeout", type=float, default=120.0,
+                   help="seconds for one bundle file to arrive whole (a slow drip is cut off and retried)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--queue-max", type=int, default=10_000)
     p.add_argument("--collect", default="low-confidence", choices=("all", "random", "low-confidence", "none"),

@@ -137,12 +137,16 @@ def _read_capped(resp: Any, max_bytes: int, deadline: _Deadline, sink: Any = Non
             break
         size += len(chunk)
         if size > max_bytes:
-            raise RequestRejected(f"{deadline.what}: the answer is more than {max_bytes} bytes", 413)
+            raise _TooLarge(f"{deadline.what}: the answer is more than {max_bytes} bytes")
         if sink is not None:
             sink(chunk)
         else:
             chunks.append(chunk)
     return size if sink is not None else b"".join(chunks)
+
+
+class _TooLarge(Exception):
+    """A body over its cap; the caller says what that means (a broken server, or not the announced file)."""
 
 
 def _socket_of(resp: Any) -> socket.socket | None:
@@ -192,7 +196,7 @@ class ServiceClient:
                     return 304, dict(exc.headers or {}), b""
                 try:
                     payload = _read_capped(exc, MAX_ERROR_BYTES, deadline) if exc.fp is not None else b""
-                except (EdgeloopError, *_TRANSPORT_ERRORS):
+                except (EdgeloopError, _TooLarge, *_TRANSPORT_ERRORS):
                     payload = b""
             detail = _detail(payload)
             if exc.code == 429 or exc.code >= 500:
@@ -201,6 +205,8 @@ class ServiceClient:
             if 300 <= exc.code < 400:
                 raise ServerUnavailable(f"{what}: HTTP {exc.code} redirect not followed") from None
             raise RequestRejected(f"{what}: HTTP {exc.code} {detail}", exc.code) from None
+        except _TooLarge as exc:
+            raise ServerUnavailable(str(exc)) from None
         except _TRANSPORT_ERRORS as exc:
             raise ServerUnavailable(f"{what}: {_reason(exc)}") from None
 
@@ -265,7 +271,7 @@ class ServiceClient:
                         raise ServerUnavailable(f"GET {url}: HTTP {exc.code}",
                                                 parse_retry_after((exc.headers or {}).get("Retry-After"))) from None
                     raise RequestRejected(f"GET {url}: HTTP {exc.code}", exc.code) from None
-                except RequestRejected as exc:  # over the announced size: not the announced file
+                except _TooLarge as exc:  # over the announced size: not the announced file
                     raise UpdateRejected(f"{exc}") from None
                 except _TRANSPORT_ERRORS as exc:
                     raise ServerUnavailable(f"GET {url}: {_reason(exc)}") from None

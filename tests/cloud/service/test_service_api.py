@@ -78,9 +78,11 @@ def test_release_etag_promote_and_rollback(service) -> None:
 
     v2 = registry.publish(SHIPPED / "mnist-cnn-float32", "canary", key)
     assert httpx.get(svc.url + "/v1/channels/stable/current", headers={**h, "If-None-Match": v1.etag}).status_code == 304
-    registry.promote(v2.version, "stable")
+    registry.promote(v2.version, "stable", key)
     r = httpx.get(svc.url + "/v1/channels/stable/current", headers={**h, "If-None-Match": v1.etag})
-    assert r.status_code == 200 and r.json()["version"] == v2.version and r.headers["etag"] == v2.etag != v1.etag
+    promoted = registry.current("stable")  # v2, with the statement the promote signed for stable
+    assert r.status_code == 200 and r.json()["version"] == v2.version and r.headers["etag"] == promoted.etag != v1.etag
+    assert r.json()["statement"]["channel"] == "stable" and promoted.etag != v2.etag  # v2.etag: its canary statement
     assert registry.rollback("stable").version == v1.version
     assert httpx.get(svc.url + "/v1/channels/stable/current", headers={**h, "If-None-Match": v1.etag}).status_code == 304
     listed = {v["version"]: v for v in httpx.get(svc.url + "/v1/versions", headers=svc.admin).json()}

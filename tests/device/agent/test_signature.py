@@ -99,3 +99,27 @@ def test_unsigned_bundle_is_rejected(signed: Path, keys) -> None:
     (signed / "signature.json").unlink()
     with pytest.raises(UpdateRejected, match="unsigned"):
         verify_bundle_signature(signed, keys[1])
+
+
+def test_release_statement_binds_channel_sequence_version_and_bundle(signed: Path, keys) -> None:
+    """TUF-style release statements (issue 12, item 4): any changed field or another key is refused."""
+    from dataclasses import replace
+
+    from cloud.release.signing import sign_release
+    from device.agent.verify_signature import parse_statement, verify_statement
+
+    statement = sign_release(signed, keys[0], "stable", 7, 3)
+    _, digest = verify_bundle_signature(signed, keys[1])
+    assert statement.bundle == digest  # names exactly the files the bundle signature covers
+    again = parse_statement(json.loads(json.dumps(statement.to_json())))
+    verify_statement(again, keys[1])
+    for changed in (replace(again, channel="canary"), replace(again, sequence=8), replace(again, version=99),
+                    replace(again, bundle="0" * 64)):
+        with pytest.raises(UpdateRejected, match="does not match"):
+            verify_statement(changed, keys[1])
+    with pytest.raises(UpdateRejected, match="pins key"):
+        verify_statement(again, keys[2])
+    for bad in (None, {}, {**statement.to_json(), "sequence": 0}, {**statement.to_json(), "version": 2**60},
+                {**statement.to_json(), "channel": "a b"}, {**statement.to_json(), "signature": "!!"}):
+        with pytest.raises(UpdateRejected):
+            parse_statement(bad)
