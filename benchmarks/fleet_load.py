@@ -1,12 +1,15 @@
 """Fleet load: N simulated devices (async aiohttp clients) poll for updates and upload samples on loopback
-against a real ``edgeloop cloud serve`` process, on SQLite and on PostgreSQL, side by side.
+against a real ``edgeloop cloud serve`` (1 or more worker processes), on SQLite and on PostgreSQL.
 
-Each device loops: GET its channel's release with If-None-Match (a 304 after the first), POST a batch
-of samples under an idempotency key (resent with the same key until acknowledged), think, repeat.
-At the deadline every device flushes its pending batch, so samples sent = samples acknowledged, and
-the script checks that the database stores exactly that many, with no duplicate ids.
+Each device loops: GET its channel's release with If-None-Match (a 304 after the first); a share of the
+devices (``--upload-share``) also POSTs a batch of samples under an idempotency key (resent with the same
+key until acknowledged) and an interval summary; think, repeat. At the deadline every device flushes its
+pending batch, so samples sent = samples acknowledged, and the script checks that the database stores
+exactly that many, with no duplicate ids. A backend is ``NAME:WORKERS``.
 
-    .venv/bin/python benchmarks/fleet_load.py                  # 200 devices, 60 s, sqlite + postgresql
+    .venv/bin/python benchmarks/fleet_load.py                  # 200 devices, 60 s, sqlite:1 + postgresql:1
+    .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 \
+        --backends sqlite:1,postgresql:1,postgresql:2        # the fleet at scale: mostly 304 polls
     .venv/bin/python benchmarks/fleet_load.py --duration 10 --backends sqlite
 
 PostgreSQL: the script runs initdb and postgres (from /usr/local/bin or /usr/lib/postgresql/*/bin) as
@@ -98,7 +101,7 @@ def postgres_cluster():
 
 @dataclass
 class Stats:
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {"poll": [], "upload": []})
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"poll": [], "upload": [], "summary": []})
     statuses: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     generated: int = 0
@@ -112,8 +115,17 @@ def make_batch(device: int, seq: int, size: int, data: str) -> list[dict]:
              "timestamp": time.time()} for i in range(size)]
 
 
+def make_summary(version: str = "1") -> dict:
+    """An interval summary as an agent sends it (:mod:`device.agent.summary`): 50 predictions of a 28×28 input."""
+    now = time.time()
+    return {"key": uuid.uuid4().hex, "version": version, "start": now - 60, "end": now, "predictions": 50, "errors": 0,
+            "labelled": 5, "correct": 4, "confidence_sum": 45.0, "confidence_hist": [0] * 8 + [10, 40],
+            "prediction_hist": [5] * 10, "input_values": 50 * 784, "input_sum": [50 * 784 * 33.0],
+            "input_sumsq": [50 * 784 * 6000.0], "input_hist": [[30000] + [600] * 14 + [200]]}
+
+
 async def device_loop(client, url: str, idx: int, token: str, stats: Stats, deadline: float, think: float,
-                      batch: int, data: str, rng: np.random.Generator) -> None:
+                      batch: int, data: str, rng: np.random.Generator, uploads: bool = True) -> None:
     import aiohttp
 
     errors = (aiohttp.ClientError, asyncio.TimeoutError)
@@ -122,7 +134,7 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
     await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
     while True:
         flushing = time.monotonic() >= deadline
-        if flushing and pending is None:
+        if flushing and (pending is None or not uploads):
             return
         if not flushing:
             t0 = time.perf_counter()
@@ -136,6 +148,9 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
                     etag = r.headers["etag"]
             except errors:
                 stats.errors += 1
+        if not uploads:
+            await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
+            continue
         if pending is None:
             pending = (uuid.uuid4().hex, make_batch(idx, seq, batch, data))
             seq += 1
@@ -154,10 +169,19 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
         except errors:
             stats.errors += 1
         if not flushing:
+            t0 = time.perf_counter()
+            try:
+                async with client.post(f"{url}/v1/summaries", json=make_summary(), headers=auth) as r:
+                    await r.read()
+                stats.latencies["summary"].append(time.perf_counter() - t0)
+                stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+            except errors:
+                stats.errors += 1
             await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
 
 
-async def fleet(url: str, tokens: list[str], duration: float, think: float, batch: int) -> tuple[Stats, float]:
+async def fleet(url: str, tokens: list[str], duration: float, think: float, batch: int,
+                upload_share: float = 1.0) -> tuple[Stats, float]:
     import aiohttp
 
     stats = Stats()
@@ -165,13 +189,15 @@ async def fleet(url: str, tokens: list[str], duration: float, think: float, batc
     connector = aiohttp.TCPConnector(limit=len(tokens))
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         start = time.monotonic()
+        uploaders = max(1, round(upload_share * len(tokens)))
         await asyncio.gather(*(device_loop(client, url, i, t, stats, start + duration, think, batch, data,
-                                           np.random.default_rng(i)) for i, t in enumerate(tokens)))
+                                           np.random.default_rng(i), uploads=i < uploaders)
+                               for i, t in enumerate(tokens)))
         elapsed = time.monotonic() - start
     return stats, elapsed
 
 
-def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict:
+def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers: int = 1) -> dict:
     import psutil
     from sqlalchemy import func, select
 
@@ -191,7 +217,8 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
         port = free_port()
         env = {**os.environ, "DATABASE_URL": url}
         server = subprocess.Popen([sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(data), "--port",
-                                   str(port), "--rate", "1000", "--burst", "1000"], cwd=ROOT, env=env,
+                                   str(port), "--rate", "1000", "--burst", "1000", "--workers", str(workers),
+                                   "--max-concurrency", str(max(512, 2 * args.devices))], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         peak = [0]
         done = threading.Event()
@@ -217,9 +244,10 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            print(f"[{name}] {args.devices} devices for {args.duration:.0f} s against 127.0.0.1:{port} "
-                  f"(load average {os.getloadavg()[0]:.1f}) …", flush=True)
-            stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch))
+            print(f"[{name}, {workers} worker(s)] {args.devices} devices ({args.upload_share:.0%} uploading) for "
+                  f"{args.duration:.0f} s against 127.0.0.1:{port} (load average {os.getloadavg()[0]:.1f}) …", flush=True)
+            stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch,
+                                               args.upload_share))
         finally:
             done.set()
             if server.poll() is None:
@@ -236,13 +264,19 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
         lat = {k: np.asarray(v) * 1000 for k, v in stats.latencies.items()}
         everything = np.concatenate(list(lat.values()))
         requests = int(sum(stats.statuses.values()))
+
+        def pct(k: str, q: float) -> float | None:
+            return float(np.percentile(lat[k], q)) if len(lat[k]) else None
+
         return {
-            "backend": name, "devices": args.devices, "duration_s": round(elapsed, 1), "requests": requests,
-            "req_per_s": requests / elapsed, "errors": stats.errors, "statuses": stats.statuses,
+            "backend": name, "workers": workers, "devices": args.devices, "upload_share": args.upload_share,
+            "duration_s": round(elapsed, 1), "requests": requests,
+            "req_per_s": requests / elapsed, "poll_req_per_s": len(lat["poll"]) / elapsed,
+            "errors": stats.errors, "statuses": stats.statuses,
             "p50_ms": float(np.percentile(everything, 50)), "p99_ms": float(np.percentile(everything, 99)),
-            "poll_p50_ms": float(np.percentile(lat["poll"], 50)), "poll_p99_ms": float(np.percentile(lat["poll"], 99)),
-            "upload_p50_ms": float(np.percentile(lat["upload"], 50)),
-            "upload_p99_ms": float(np.percentile(lat["upload"], 99)),
+            "poll_p50_ms": pct("poll", 50), "poll_p99_ms": pct("poll", 99),
+            "upload_p50_ms": pct("upload", 50), "upload_p99_ms": pct("upload", 99),
+            "summary_p50_ms": pct("summary", 50), "summary_p99_ms": pct("summary", 99),
             "samples_sent": stats.generated, "samples_acknowledged": stats.acknowledged, "samples_stored": stored,
             "distinct_ids_stored": distinct, "duplicate_acks": len(stats.ids) - len(set(stats.ids)),
             "exactly_once": stats.generated == stats.acknowledged == stored == distinct,
@@ -259,40 +293,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--think", type=float, default=1.0, help="mean seconds a device waits between cycles")
     parser.add_argument("--batch", type=int, default=10, help="samples per upload")
-    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--upload-share", type=float, default=1.0,
+                        help="fraction of devices that upload samples and summaries (the rest only poll)")
+    parser.add_argument("--backends", default="sqlite:1,postgresql:1", help="NAME:WORKERS, comma-separated")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    try:  # a thousand devices hold a thousand sockets: lift the soft limit on open files to the hard one
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
     rows = []
-    for backend in args.backends.split(","):
+    for spec in args.backends.split(","):
+        backend, _, workers_text = spec.partition(":")
+        workers = int(workers_text or 1)
         if backend == "sqlite":
-            rows.append(run_backend("sqlite", None, args))
+            rows.append(run_backend("sqlite", None, args, workers))
         elif backend == "postgresql":
             try:
                 with postgres_cluster() as (url, _info):
-                    rows.append(run_backend("postgresql", url, args))
+                    rows.append(run_backend("postgresql", url, args, workers))
             except (RuntimeError, subprocess.CalledProcessError, FileNotFoundError) as exc:
                 print(f"[postgresql] skipped: {exc}")
-                rows.append({"backend": "postgresql", "skipped": str(exc)})
+                rows.append({"backend": "postgresql", "workers": workers, "skipped": str(exc)})
         else:
             parser.error(f"unknown backend {backend!r}")
 
-    header = ("backend", "req/s", "p50 ms", "p99 ms", "poll p50/p99", "upload p50/p99", "sent", "stored", "errors",
-              "peak RSS")
+    header = ("backend", "workers", "req/s", "poll req/s", "p50 ms", "p99 ms", "poll p50/p99", "upload p50/p99",
+              "sent", "stored", "errors", "peak RSS")
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
         if "skipped" in r:
             print(f"| {r['backend']} | skipped: {r['skipped']} |")
             continue
-        print(f"| {r['backend']} | {r['req_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['poll_p50_ms']:.1f} / {r['poll_p99_ms']:.1f} | {r['upload_p50_ms']:.1f} / {r['upload_p99_ms']:.1f} | "
+        print(f"| {r['backend']} | {r['workers']} | {r['req_per_s']:.0f} | {r['poll_req_per_s']:.0f} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {r['poll_p50_ms']:.1f} / {r['poll_p99_ms']:.1f} | "
+              f"{r['upload_p50_ms'] or 0:.1f} / {r['upload_p99_ms'] or 0:.1f} | "
               f"{r['samples_sent']} | {r['samples_stored']} | {r['errors']} | {r['server_peak_rss_mib']:.0f} MiB |")
     print("(latencies include time queued in the client and server when the machine is saturated)")
     done = [r for r in rows if "skipped" not in r]
-    if len(done) == 2:
-        a, b = done
-        print(f"\n{b['backend']} / {a['backend']}: req/s ×{b['req_per_s'] / a['req_per_s']:.2f}, "
+    for a, b in zip(done, done[1:]):
+        print(f"{b['backend']}:{b['workers']} / {a['backend']}:{a['workers']}: req/s ×{b['req_per_s'] / a['req_per_s']:.2f}, "
               f"p99 ×{b['p99_ms'] / a['p99_ms']:.2f}, peak RSS ×{b['server_peak_rss_mib'] / a['server_peak_rss_mib']:.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,15 +83,44 @@ class ServiceProcess:
         self.stop()
 
 
-def setup_service(data_dir: Path, devices: tuple[str, ...] = ("dev1",)):
-    """A data dir with a signing key and registered devices; returns (sessions, registry, key, pub_path, tokens)."""
+def setup_service(data_dir: Path, devices: tuple[str, ...] = ("dev1",), database_url: str | None = None):
+    """A data dir with a signing key and registered devices; returns (sessions, registry, key, pub_path, tokens).
+
+    The store is SQLite in the data dir unless ``database_url`` names another (a test's PostgreSQL).
+    """
     from cloud.release.signing import keygen, load_private_key
     from cloud.service.auth import add_device
-    from cloud.service.db import database_url, make_engine, make_sessionmaker
+    from cloud.service.db import database_url as resolve_url
+    from cloud.service.db import make_engine, make_sessionmaker
     from cloud.service.registry import Registry
 
     private, public = keygen(data_dir / "keys")
-    sessions = make_sessionmaker(make_engine(database_url(data_dir, "sqlite:///" + str(data_dir / "edgeloop.sqlite"))))
+    url = database_url or "sqlite:///" + str(data_dir / "edgeloop.sqlite")
+    sessions = make_sessionmaker(make_engine(resolve_url(data_dir, url)))
     registry = Registry(sessions, data_dir)
     tokens = {name: add_device(sessions, name) for name in devices}
     return sessions, registry, load_private_key(private), public, tokens
+
+
+def screenshot(url: str, path: Path, admin_token: str, profile_dir: Path) -> bool:
+    """A full-page screenshot of ``url`` in Debian's headless Chromium (Playwright); False if it is not installed."""
+    import shutil
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        return False
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(profile_dir), executable_path=chromium, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+            viewport={"width": 1280, "height": 800}, http_credentials={"username": "admin", "password": admin_token})
+        try:
+            page = browser.new_page()
+            page.goto(url, wait_until="load", timeout=30_000)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            browser.close()
+    return True

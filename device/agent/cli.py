@@ -50,7 +50,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consent(args: argparse.Namespace) -> int:
+    from device.agent.consent import write_consent
+
+    path = write_consent(Path(args.dir), args.switch == "on")
+    print(json.dumps({"collect": args.switch, "file": str(path)}) if args.json else
+          f"collection {args.switch} for {args.dir} ({path}); a running agent follows at its next prediction")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("consent", help="the owner's switch: 'consent off' stops sample collection at once "
+                                       "(writes AGENT_DIR/consent)")
+    p.add_argument("switch", choices=("on", "off"))
+    p.add_argument("--dir", default="agent", help="agent directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_consent)
+
     p = sub.add_parser("run", help="run the agent: poll for signed model updates, upload collected samples")
     p.add_argument("--server", required=True, help="service URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=None, help="device token (or $EDGELOOP_DEVICE_TOKEN)")
@@ -66,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds for one bundle file to arrive whole (a slow drip is cut off and retried)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--queue-max", type=int, default=10_000)
-    p.add_argument("--collect", default="low-confidence", choices=("all", "random", "low-confidence", "none"))
+    p.add_argument("--collect", default="low-confidence", choices=("all", "random", "low-confidence", "none"),
+                   help="collection policy; 'edgeloop device consent off' overrides it at once")
     p.add_argument("--rate", type=float, default=0.1, help="fraction kept by --collect random")
     p.add_argument("--threshold", type=float, default=0.8, help="confidence below which --collect low-confidence keeps")
     p.add_argument("--threads", type=int, default=None)

@@ -23,7 +23,9 @@ def parse_consent(text: str) -> bool:
 
 
 def write_consent(directory: Path | str, collect: bool) -> Path:
-    """Set the switch (what ``edgeloop device consent on|off`` would write)."""
+    """Set the switch (``edgeloop device consent on|off``); the agent directory is made if need be, so an
+    owner can say no before the agent first runs."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / CONSENT_FILE
     tmp = path.with_name(f".{CONSENT_FILE}.tmp")
     tmp.write_text(f"collect: {'on' if collect else 'off'}\n")

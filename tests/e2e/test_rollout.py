@@ -22,7 +22,7 @@ from device.agent.agent import Agent, AgentConfig
 from device.agent.collector import CollectionPolicy
 from device.runtime.bundle import Normalization, read_manifest, write_bundle
 from tests.conftest import ROOT, SHIPPED, run_cli
-from tests.service_helpers import ServiceProcess, setup_service
+from tests.service_helpers import ServiceProcess, screenshot, setup_service
 
 pytestmark = pytest.mark.service
 
@@ -134,6 +134,9 @@ def test_a_good_release_advances_through_every_stage_and_a_bad_one_halts_and_rev
             assert registry.current("stable").version == v2.version
             first_stage = {n for n in DEVICES if bucket(str(v3.version), n) < STAGES[0]}
             assert {n for n in DEVICES if str(v3.version) in seen[n]} <= first_stage  # nobody else ever ran it
+            # the dashboard after both rollouts, for people to look at (runs/issue13/dashboard-rollouts.png)
+            screenshot(svc.url + "/", ROOT / "runs" / "issue13" / "dashboard-rollouts.png",
+                       token_file.read_text().strip(), tmp_path / "chromium")
         finally:
             for agent in agents.values():
                 agent.close()

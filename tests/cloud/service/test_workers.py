@@ -4,6 +4,8 @@ token-bucket bound, and an idempotency key replayed on another worker is stored 
 
 from __future__ import annotations
 
+import shutil
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -64,3 +66,44 @@ def test_two_workers_share_the_rate_limit_and_the_idempotency_keys(tmp_path: Pat
         assert sum(not b["replayed"] for b in bodies) == 1 and all(b["stored"] == 5 for b in bodies)
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Sample)) == 5
+
+
+def _postgres_cluster():
+    """The load benchmark's throw-away PostgreSQL cluster (initdb + postgres on a free 127.0.0.1 port)."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("fleet_load", ROOT / "benchmarks" / "fleet_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    if not module.pg_bin("initdb") or not module.pg_bin("postgres"):
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) are not installed")
+    return module.postgres_cluster()
+
+
+def test_two_hosts_on_one_postgresql_share_the_bucket_and_a_rollout(tmp_path: Path) -> None:
+    """Two separate ``serve`` processes (two hosts behind a load balancer) on one PostgreSQL with --shared-limits."""
+    from cloud.service.rollout import RolloutPlan, bucket
+    from cloud.service.rollout_store import start_rollout
+
+    with _postgres_cluster() as (url, _info):
+        sessions, registry, key, _, tokens = setup_service(tmp_path / "a", ("burst",) + tuple(f"d{i}" for i in range(8)),
+                                                           database_url=url)
+        registry.publish(SHIPPED / "mnist-cnn-int8", "stable", key)
+        registry.publish(SHIPPED / "mnist-cnn-float32", None, key)
+        start_rollout(sessions, registry, 2, "stable", RolloutPlan(stages=(50, 100), hold_s=3600), signing_key=key)
+        shutil.copytree(tmp_path / "a" / "blobs", tmp_path / "b" / "blobs")  # the hosts share the blob store
+        shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys")
+        extra = ("--shared-limits", "--rate", "0.001", "--burst", str(BURST), "--database-url", url)
+        with ServiceProcess(tmp_path / "a", extra=extra) as a, ServiceProcess(tmp_path / "b", extra=extra) as b:
+            auth = {"Authorization": f"Bearer {tokens['burst']}"}
+            replies = _concurrently(60, lambda i: _fresh("GET", (a, b)[i % 2].url + "/v1/channels/stable/current",
+                                                         headers=auth))
+            codes = [r.status_code for r in replies]
+            assert codes.count(200) == BURST and codes.count(429) == 60 - BURST, codes
+            for i in range(8):  # both hosts put every device in the same stage
+                h = {"Authorization": f"Bearer {tokens[f'd{i}']}"}
+                got = {httpx.get(host.url + "/v1/channels/stable/current", headers=h).json()["version"] for host in (a, b)}
+                assert got == {2 if bucket("2", f"d{i}") < 50 else 1}

@@ -60,3 +60,30 @@ def test_without_consent_summaries_hold_no_input_statistics() -> None:
     rep.observe("1", manifest, np.full((28, 28, 1), 200, np.uint8), 1, 0.9, None, with_inputs=False)
     (s,) = rep.take()
     assert s["predictions"] == 1 and s["input_values"] == 0 and s["input_sum"] == [0.0]
+
+
+def test_an_agent_stops_collecting_at_once_when_the_owner_says_collect_off(tmp_path: Path) -> None:
+    from device.agent.agent import Agent, AgentConfig
+    from device.agent.collector import CollectionPolicy
+
+    agent = Agent(AgentConfig(directory=tmp_path / "agent", initial_bundle=SHIPPED / "mnist-cnn-int8",
+                              policy=CollectionPolicy("all")))
+    try:
+        x = np.zeros((28, 28, 1), np.uint8)
+        for _ in range(3):
+            agent.predict(x, label=1)
+        assert len(agent.queue) == 3
+        write_consent(tmp_path / "agent", False)
+        agent.predict(x, label=1)  # the very next prediction: nothing queued, and the queue is emptied
+        assert len(agent.queue) == 0
+        agent.predict(x)
+        assert len(agent.queue) == 0
+        before, after = agent.reporter.take()  # still counted, but from the switch on without input statistics
+        assert before["predictions"] == 3 and before["input_values"] == 3 * 784
+        assert after["predictions"] == 2 and after["input_values"] == 0 and after["input_hist"][0] == [0] * 16
+        path = write_consent(tmp_path / "agent", True)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
+        agent.predict(x, label=1)
+        assert len(agent.queue) == 1
+    finally:
+        agent.close()
