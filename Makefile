@@ -104,6 +104,7 @@ bench: install legacy device-env device-fl-env
 	nice -n 10 $(BIN)/python benchmarks/federated_sim.py
 	$(BIN)/python benchmarks/fleet_load.py
 	nice -n 10 $(BIN)/python benchmarks/federated_deploy.py
+	nice -n 10 $(BIN)/python benchmarks/federated_async.py
 
 bundles: install
 	$(BIN)/edgeloop cloud ship-bundles
