@@ -107,6 +107,7 @@ bench: install legacy device-env device-fl-env
 	$(BIN)/python benchmarks/fleet_load.py
 	$(BIN)/python benchmarks/fuzz.py
 	nice -n 10 $(BIN)/python benchmarks/federated_deploy.py
+	nice -n 10 $(BIN)/python benchmarks/federated_async.py
 
 bundles: install
 	$(BIN)/edgeloop cloud ship-bundles

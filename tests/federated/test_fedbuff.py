@@ -180,3 +180,16 @@ def test_staleness_functions_hand_computed_and_parsed() -> None:
             BufferConfig(**kwargs)
     with pytest.raises(ConfigError, match="min_clients"):
         BufferedServer(ServerConfig(min_clients=4), BufferConfig(buffer_size=3), [np.zeros(2, np.float32)])
+
+
+def test_async_modules_import_neither_tensorflow_nor_flower() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys, federated.fedbuff, federated.staleness, federated.clock, federated.async_sim, federated.plots\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'flwr', 'dp_accounting'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

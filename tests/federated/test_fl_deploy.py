@@ -269,3 +269,73 @@ def test_secure_aggregation_refuses_robust_aggregators() -> None:
 
     with pytest.raises(ValueError, match="only the mean"):
         FLServerConfig(out="x", bundle="y", secure_aggregation=True, core={"aggregator": "median"})
+
+
+def test_async_mode_keeps_stepping_while_a_slow_device_trains(tmp_path: Path, trainable_bundle: Path) -> None:
+    """deploy-local --mode async: a device slowed by 20 s does not hold up the server steps; its update
+    arrives stale and is weighted by the staleness function; accuracy rises as in sync rounds."""
+    from cloud.fl.launch import DeployConfig, deploy_local
+    from cloud.fl.server import FLServerConfig
+
+    delay = 20.0
+    out = tmp_path / "async"
+    server = FLServerConfig(out=str(out), bundle="", mode="async",
+                            buffer={"buffer_size": 2, "concurrency": 3, "staleness": "polynomial:0.5"})
+    result = deploy_local(DeployConfig(out=str(out), clients=3, rounds=5, bundle=str(trainable_bundle), slow_clients=1,
+                                       slow_delay_s=delay), server)
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4, 5] and result["completed"] == 5
+    assert rounds[-1]["test_accuracy"] > rounds[0]["test_accuracy"] + 0.2
+    slow_steps = [r["round"] for r in rounds[1:] if any(m["fit-s"] >= delay for m in r["clients"].values())]
+    # at least two steps were committed before the slow device's first update could arrive
+    assert not slow_steps or slow_steps[0] >= 3, slow_steps
+    for r in rounds[1:]:
+        assert len(r["accepted"]) == 2 and r["mode"] == "async" and not r["rejected"]
+        assert r["staleness_weight_mean"] == pytest.approx(
+            np.mean([(1 + s) ** -0.5 for s in r["staleness"].values()]))
+        assert all(m["tensorflow-loaded"] == 0 for m in r["clients"].values())
+    if slow_steps:
+        r = rounds[slow_steps[0]]
+        assert max(r["staleness"].values()) >= 1  # it trained on a model two or more versions old
+    assert rounds[-1]["updates_received"] >= 10
+    assert not _processes_mentioning(str(out))
+
+
+def test_async_device_killed_mid_training_costs_only_its_update_and_server_resumes(deployment, partitions) -> None:
+    from cloud.fl.launch import read_rounds
+
+    parts, _ = partitions
+    d = deployment(rounds=5, min_clients=2, round_timeout_s=20, clients_wait_s=15, mode="async",
+                   buffer={"buffer_size": 2, "concurrency": 3})
+    d.start_server()
+    d.add_client(parts[0])
+    d.add_client(parts[1])
+    marker = d.out / "victim-training"
+    victim = d.add_client(parts[2], fault="slow", fault_delay=120, fault_marker=marker)
+    _wait(marker.exists, 90, "the victim to start training")
+    victim.kill()  # SIGKILL mid-training: SuperNode and ClientApp
+    def timed_out() -> set[str]:
+        return {node for r in read_rounds(d.out)["rounds"] for node, why in r.get("failures", {}).items()
+                if "no reply within 20 s" in why}
+
+    def contributed() -> set[str]:
+        return {c for r in read_rounds(d.out)["rounds"] for c in r.get("accepted", [])}
+
+    _wait(lambda: read_rounds(d.out)["completed"] >= 2 and timed_out() - contributed(), 150,
+          "steps without the victim, and its timeout")
+    victim_node = timed_out() - contributed()
+    d.server.kill()  # then the server dies too, with no clean shutdown
+    before = read_rounds(d.out)
+    done = before["completed"]
+    assert 2 <= done < 5
+    first = {r["round"]: r for r in before["rounds"]}
+    d.restart_server()
+    result = d.server.wait(180)
+    assert result["completed"] == 5
+    steps = [r for r in result["rounds"] if r["round"] > 0 and "refused" not in r]
+    assert [r["round"] for r in steps] == [1, 2, 3, 4, 5]  # each step exactly once
+    for r in steps[:done]:
+        assert r == first[r["round"]]  # committed steps kept as they were
+    # the dead device never contributed; the two live ones did (they rejoin the new SuperLink as new nodes)
+    assert len(victim_node) == 1 and not victim_node & {c for r in steps for c in r["accepted"]}
+    assert len({c for r in steps[:done] for c in r["accepted"]}) == 2
