@@ -16,8 +16,16 @@
    step per round as FedSGD.
 3. Update compression: bytes up per round and final accuracy with 8-bit quantization and top-k
    sparsification of the client updates, against uncompressed uploads.
+4. The Ray engine (``--part ray``) against the local engine in the same run: the MNIST-5k CNN with
+   1,000 clients (100 per round, E=5, B=10) and the digits MLP with 1,000 and 10,000 clients made
+   by ``resample`` (20 samples each, drawn with repeats across clients; 100 per round, E=5, B=10),
+   each on the local engine and on a local Ray instance with 1 and 2 worker processes (one chunk
+   per worker and round). Seconds per round (rounds 2 onward: round 1 traces the graphs), driver
+   peak RSS, the largest worker peak RSS (VmHWM; it counts the object-store pages a worker mapped),
+   max |Δw| against the local run, and a projection for N machines from the measured chunk times.
+   Target: Ray's overhead <= 20% at 2 workers; the driver's peak RSS flat from 1,000 to 10,000 clients.
 
-Run: ``nice -n 10 .venv/bin/python benchmarks/federated_sim.py [--quick]`` (``make bench``).
+Run: ``nice -n 10 .venv/bin/python benchmarks/federated_sim.py [--quick] [--part ray]`` (``make bench``).
 Writes ``benchmarks/results/federated_sim.{json,md}`` and ``federated_sim_rounds.png``.
 """
 
@@ -96,6 +104,73 @@ def worker_naive(clients: int, rounds: int, compare_rounds: int = 0) -> dict[str
     return {"seconds": seconds, "accuracy": accuracy, "weights": [w.tolist() for w in weights]}
 
 
+RAY_WORKLOADS: dict[str, dict[str, Any]] = {
+    "mnist5k CNN, 1,000 clients": dict(model="cnn", data="mnist5k", clients=1000, fraction=0.1, local_epochs=5, batch=10,
+                                       lr=0.1, partition="iid"),
+    "digits MLP, 1,000 clients": dict(model="mlp-small", data="digits", clients=1000, fraction=0.1, local_epochs=5,
+                                      batch=10, lr=0.1, partition="resample", samples_per_client=20),
+    "digits MLP, 10,000 clients": dict(model="mlp-small", data="digits", clients=10000, fraction=0.01, local_epochs=5,
+                                       batch=10, lr=0.1, partition="resample", samples_per_client=20),
+}
+RAY_ENGINES = ("local", "ray-1", "ray-2")
+RAY_OVERHEAD_TARGET = 0.20
+
+
+def _ray_worker_peaks() -> list[float]:
+    """Peak RSS (VmHWM, MiB) of this process's Ray worker processes (titled ``ray::…``; the agents excluded)."""
+    import psutil
+
+    peaks = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            title = (p.cmdline() or [""])[0]
+            if title.startswith("ray::") and not title.endswith("Agent"):
+                status = Path(f"/proc/{p.pid}/status").read_text()
+                peaks.append(int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024)
+        except (psutil.Error, OSError, StopIteration):
+            continue
+    return peaks
+
+
+class _Measured:
+    """A client pool that records its Ray workers' peak RSS just before it closes (and stops them)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.worker_peaks = inner, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def close(self) -> None:
+        self.worker_peaks = _ray_worker_peaks()
+        self.inner.close()
+
+
+def worker_ray(workload: str, engine: str, rounds: int, weights_out: str) -> dict[str, Any]:
+    """One (workload, engine) run in this process: the driver; Ray's workers are its descendants."""
+    from federated.simulate import SimulationConfig, simulate
+
+    cfg = SimulationConfig(**RAY_WORKLOADS[workload], rounds=rounds, seed=0, eval_every=rounds)
+    pool, made = None, {}
+    if engine != "local":
+        from federated.ray_engine import RayConfig, ray_pool
+
+        make = ray_pool(RayConfig(num_cpus=int(engine.split("-")[1]), object_store_mb=400))
+
+        def pool(config):
+            t0 = time.perf_counter()
+            made["pool"] = _Measured(make(config))
+            made["setup_seconds"] = time.perf_counter() - t0
+            return made["pool"]
+    result = simulate(cfg, progress=False, pool=pool)
+    np.savez(weights_out, *result.final_weights)
+    out = {"seconds": [r["seconds"] for r in result.history], "accuracy": result.history[-1]["test_accuracy"]}
+    if made:
+        out.update(worker_peak_rss_mib=made["pool"].worker_peaks, chunk_seconds=made["pool"].inner.chunk_seconds,
+                   setup_seconds=made["setup_seconds"])
+    return out
+
+
 def run_worker(engine: str, clients: int, rounds: int, compare_rounds: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", engine, "--clients", str(clients), "--rounds", str(rounds),
            "--compare-rounds", str(compare_rounds)]
@@ -125,6 +200,100 @@ def bench_speed(quick: bool) -> list[dict[str, Any]]:
                      "sim_accuracy": sim["accuracy"], "naive_accuracy": naive["accuracy"],
                      "sim_peak_rss_mib": sim["peak_rss_mib"], "naive_peak_rss_mib": naive["peak_rss_mib"]})
     return rows
+
+
+def bench_ray(quick: bool) -> dict[str, Any]:
+    """Local vs Ray with 1 and 2 workers on each workload, each (workload, engine) in its own driver process."""
+    import tempfile
+
+    rounds = 3 if quick else 6
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in RAY_WORKLOADS:
+            local_w = None
+            for engine in RAY_ENGINES:
+                console.print(f"ray: {workload}, {engine} …")
+                wpath = str(Path(tmp) / f"w-{len(rows)}.npz")
+                cmd = [sys.executable, __file__, "--worker", "ray", "--workload", workload, "--engine", engine,
+                       "--rounds", str(rounds), "--weights-out", wpath]
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+                lines = [ln for ln in out.stdout.splitlines() if ln.startswith(MARK)]
+                if out.returncode != 0 or not lines:
+                    raise RuntimeError(f"ray worker {workload}/{engine} failed:\n{out.stderr[-3000:]}")
+                res = json.loads(lines[-1][len(MARK):])
+                with np.load(wpath) as z:
+                    weights = [z[k] for k in z.files]
+                if local_w is None:
+                    local_w = weights
+                row = {"workload": workload, "engine": engine, "rounds": rounds,
+                       "s_per_round": float(np.mean(res["seconds"][1:])), "driver_peak_rss_mib": res["peak_rss_mib"],
+                       "accuracy": res["accuracy"],
+                       "max_abs_weight_diff_vs_local": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, local_w))}
+                if "chunk_seconds" in res:
+                    chunks = res["chunk_seconds"][1:]
+                    row.update(worker_peak_rss_mib=max(res["worker_peak_rss_mib"], default=None),
+                               workers_seen=len(res["worker_peak_rss_mib"]), setup_seconds=res["setup_seconds"],
+                               chunk_max_s=float(np.mean([max(c) for c in chunks])),
+                               chunk_sum_s=float(np.mean([sum(c) for c in chunks])))
+                rows.append(row)
+                console.print(f"  {row['s_per_round']:.3f} s/round, driver {row['driver_peak_rss_mib']:.0f} MiB")
+    for r in rows:
+        base = next(b for b in rows if b["workload"] == r["workload"] and b["engine"] == "local")
+        r["overhead_vs_local"] = r["s_per_round"] / base["s_per_round"] - 1
+    return {"rows": rows, "projection": ray_projection(rows)}
+
+
+def ray_projection(rows: list[dict[str, Any]], machines: tuple[int, ...] = (1, 2, 4, 8, 16), per_machine: int = 2) -> list[dict[str, Any]]:
+    """PROJECTION, not a measurement: seconds per round on N machines of ``per_machine`` workers each.
+
+    From the measured rows of each workload: a chunk costs ``f + W/k`` for ``k`` chunks, with the
+    whole round's training ``W`` and the per-task cost ``f`` solved from the 1- and 2-worker chunk
+    times (``c1 = f + W``, ``c2 = f + W/2``); the driver's share ``O`` (aggregation, scheduling,
+    transfers as measured here) is the 2-worker round time minus its slowest chunk. Then
+    ``T(N) = O + f + W / (N * per_machine)``. Network transfers between machines are not modelled.
+    """
+    out = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        by = {r["engine"]: r for r in rows if r["workload"] == workload}
+        if not {"local", "ray-1", "ray-2"} <= set(by):
+            continue
+        c1, c2 = by["ray-1"]["chunk_max_s"], by["ray-2"]["chunk_max_s"]
+        f = min(max(2 * c2 - c1, 0.0), c2)
+        w = max(c1 - f, 0.0)
+        o = max(by["ray-2"]["s_per_round"] - c2, 0.0)
+        for n in machines:
+            t = o + f + w / (n * per_machine)
+            out.append({"workload": workload, "machines": n, "workers": n * per_machine, "s_per_round": t,
+                        "speedup_vs_local": by["local"]["s_per_round"] / t, "driver_s": o, "task_fixed_s": f,
+                        "training_s": w})
+    return out
+
+
+def ray_markdown(ray: dict[str, Any]) -> list[str]:
+    rows = ray.get("rows") or []
+    if not rows:
+        return []
+    r0 = rows[0]
+    lines = ["", f"### Ray engine vs local engine ({r0['rounds']} rounds, s/round over rounds 2+; 100 clients per round, "
+             "E=5, B=10; a local Ray instance with 1 or 2 worker processes, one chunk per worker and round)", "",
+             "| workload | engine | s/round | vs local | driver peak RSS | worker peak RSS | max \\|Δw\\| vs local | accuracy |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        over = "—" if r["engine"] == "local" else f"{100 * r['overhead_vs_local']:+.0f}%"
+        worker = f"{r['worker_peak_rss_mib']:.0f} MiB" if r.get("worker_peak_rss_mib") else "—"
+        lines.append(f"| {r['workload']} | {r['engine']} | {r['s_per_round']:.3f} | {over} | {r['driver_peak_rss_mib']:.0f} MiB | "
+                     f"{worker} | {r['max_abs_weight_diff_vs_local']:.1e} | {r['accuracy']:.4f} |")
+    proj = ray.get("projection") or []
+    if proj:
+        lines += ["", "**PROJECTION, not measured**: seconds per round on N machines with 2 workers each, from the chunk "
+                  "times measured above (T(N) = O + f + W/(2N); O: driver share, f: per-task cost, W: the round's "
+                  "training; transfers between machines not modelled)", "",
+                  "| workload | machines | workers | projected s/round | vs local (measured) | O / f / W (s) |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for p in proj:
+            lines.append(f"| {p['workload']} | {p['machines']} | {p['workers']} | {p['s_per_round']:.3f} | "
+                         f"{p['speedup_vs_local']:.1f}× | {p['driver_s']:.3f} / {p['task_fixed_s']:.3f} / {p['training_s']:.3f} |")
+    return lines
 
 
 def bench_compression(quick: bool) -> list[dict[str, Any]]:
@@ -194,7 +363,7 @@ def speedup_text(rows: list[dict[str, Any]], row: dict[str, Any], cap: int) -> s
 
 
 def markdown(speed: list[dict[str, Any]], table: list[dict[str, Any]], target: float, cap: int,
-             comp: list[dict[str, Any]]) -> str:
+             comp: list[dict[str, Any]], ray: dict[str, Any] | None = None) -> str:
     lines = ["### Speed: digits MLP 64-32-10, all clients every round, E=1, B=20, lr 0.1", "",
              "| clients | simulate s/round | naive Keras fit s/round | speed-up | max \\|Δ acc\\| | max \\|Δ w\\| after the naive rounds | peak RSS sim / naive |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -217,6 +386,7 @@ def markdown(speed: list[dict[str, Any]], table: list[dict[str, Any]], target: f
                   "| upload | bytes up / round | vs none | final test accuracy |", "|---|---:|---:|---:|"]
         for r in comp:
             lines.append(f"| {r['compression']} | {r['bytes_up_per_round']:,.0f} | {r['up_ratio']:.3f} | {r['final_accuracy']:.4f} |")
+    lines += ray_markdown(ray or {})
     return "\n".join(lines) + "\n"
 
 
@@ -248,14 +418,22 @@ def plot(table: list[dict[str, Any]], target: float, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer rounds and configurations")
-    parser.add_argument("--part", choices=("all", "speed", "table", "compression"), default="all")
+    parser.add_argument("--part", choices=("all", "speed", "table", "compression", "ray"), default="all")
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--cap", type=int, default=600)
-    parser.add_argument("--worker", choices=("sim", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("sim", "naive", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--weights-out", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--compare-rounds", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "ray":
+        res = worker_ray(args.workload, args.engine, args.rounds, args.weights_out)
+        res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(MARK + json.dumps(res), flush=True)
+        return 0
     if args.worker:
         res = (worker_sim if args.worker == "sim" else worker_naive)(args.clients, args.rounds, args.compare_rounds)
         res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -278,6 +456,17 @@ def main() -> int:
         console.print(f"FedAvg table: rounds to {args.target:.0%} (cap {cap}) …")
         table = bench_table(args.target, cap, args.quick)
     comp = bench_compression(args.quick) if args.part in ("all", "compression") else []
+    ray = bench_ray(args.quick) if args.part in ("all", "ray") else {}
+    if ray:
+        t = Table(title="local vs Ray engine (s/round, rounds 2+)")
+        for col in ("workload", "engine", "s/round", "vs local", "driver RSS MiB", "worker RSS MiB", "max |Δw|"):
+            t.add_column(col, justify="right")
+        for r in ray["rows"]:
+            t.add_row(r["workload"], r["engine"], f"{r['s_per_round']:.3f}",
+                      "—" if r["engine"] == "local" else f"{100 * r['overhead_vs_local']:+.0f}%",
+                      f"{r['driver_peak_rss_mib']:.0f}", f"{r.get('worker_peak_rss_mib') or 0:.0f}",
+                      f"{r['max_abs_weight_diff_vs_local']:.1e}")
+        console.print(t)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     path = RESULTS / f"federated_sim{suffix}.json"
@@ -285,18 +474,19 @@ def main() -> int:
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "speed_target": SPEED_TARGET, "accuracy_target": args.target, "round_cap": cap,
-        "speed": speed, "fedavg_table": table, "compression": comp, "seconds": {args.part: time.perf_counter() - t0},
+        "speed": speed, "fedavg_table": table, "compression": comp, "ray": ray,
+        "seconds": {args.part: time.perf_counter() - t0},
     }
     if args.part != "all" and path.is_file():  # one part re-run: keep the others from the last full run
         old = json.loads(path.read_text())
-        for key in ("speed", "fedavg_table", "compression"):
+        for key in ("speed", "fedavg_table", "compression", "ray"):
             if not report[key]:
                 report[key] = old.get(key, [])
         if not table:
             report["accuracy_target"], report["round_cap"] = old["accuracy_target"], old["round_cap"]
         report["seconds"] = {**old.get("seconds", {}), **report["seconds"]}
     md = markdown(report["speed"], report["fedavg_table"], report["accuracy_target"], report["round_cap"],
-                  report["compression"])
+                  report["compression"], report["ray"])
     console.print(md)
     path.write_text(json.dumps(report, indent=1))
     (RESULTS / f"federated_sim{suffix}.md").write_text(md)

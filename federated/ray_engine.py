@@ -38,6 +38,7 @@ from federated.simulate import SimulationConfig
 from federated.weights import Weights
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+START_ATTEMPTS = 2
 
 
 class RayEngineError(FederatedError):
@@ -103,15 +104,20 @@ def _connect(rc: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     common: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-    try:
-        if rc.address is None:
-            ray.init(num_cpus=rc.num_cpus, object_store_memory=rc.object_store_mb * 2**20, include_dashboard=False,
-                     _temp_dir=rc.temp_dir, **common)
-        else:
-            ray.init(address=rc.address, **common)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {rc.address}" if rc.address else "a local Ray instance"
-        raise RayEngineError(f"could not connect to {where}: {str(exc).splitlines()[0]}") from None
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            if rc.address is None:
+                ray.init(num_cpus=rc.num_cpus, object_store_memory=rc.object_store_mb * 2**20, include_dashboard=False,
+                         _temp_dir=rc.temp_dir, **common)
+            else:
+                ray.init(address=rc.address, **common)
+            return True
+        except Exception as exc:  # Ray raises a bare Exception when its node does not start in time
+            ray.shutdown()  # stops whatever part of a local instance did start
+            if rc.address is None and attempt < START_ATTEMPTS and "timed out" in str(exc):
+                continue  # a busy machine: Ray gives its raylet a fixed 30 s to come up
+            where = f"the Ray cluster at {rc.address}" if rc.address else "a local Ray instance"
+            raise RayEngineError(f"could not start or join {where}: {str(exc).strip().splitlines()[0]}") from None
     return True
 
 

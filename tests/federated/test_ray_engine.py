@@ -143,8 +143,8 @@ def test_ray_engine_equals_the_local_engine(ray_cluster) -> None:
 
     on_ray = simulate(SMALL, progress=False, pool=spy)
     assert_same_run(on_ray.history, local.history, on_ray.final_weights, local.final_weights)
-    assert _max_diff(on_ray.final_weights, simulate(replace(SMALL, rounds=1), progress=False).final_weights) > 1e-3
     p = seen["pool"]
+    assert _max_diff(on_ray.final_weights, p.initial_weights) > 1e-2  # training moved the weights
     assert [len(s) for s in p.chunk_seconds] == [2, 2, 2]  # two tasks a round
     ray = ray_cluster["ray"]
     assert p._blocks == [] and ray.is_initialized()  # closed: blocks dropped, the test's connection kept
