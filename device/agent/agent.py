@@ -384,6 +384,8 @@ class Agent:
         """
         stop = stop or threading.Event()
         deadline = None if duration is None else time.monotonic() + duration
+        if isinstance(self.client, ServiceClient):
+            self.client.cancel = stop  # a stop ends a download in flight at its next read
 
         def poll() -> tuple[str, int]:
             return self.check_for_update(), 0
@@ -404,7 +406,17 @@ class Agent:
             stop.set()
             raise
         finally:
+            if deadline is not None and not stop.is_set():  # the duration is up: end a download in flight
+                self._halt_downloads()
             updater.join(self.config.download_timeout + 3 * self.config.timeout + 5)
+            if isinstance(self.client, ServiceClient):
+                self.client.cancel = None
+
+    def _halt_downloads(self) -> None:
+        if isinstance(self.client, ServiceClient):
+            halt = threading.Event()
+            halt.set()
+            self.client.cancel = halt
 
     def _loop(self, step: Callable[[], tuple[str, int]], interval: float, jittered: bool, stop: threading.Event,
               deadline: float | None, on_cycle: Callable[[str, int], None] | None) -> None:

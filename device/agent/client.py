@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -109,12 +110,15 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class _Deadline:
-    """A whole-transfer deadline: each socket read waits at most what is left of it."""
+    """A whole-transfer deadline: each socket read waits at most what is left of it. A set ``cancel``
+    event ends the transfer at the next read (the agent is stopping)."""
 
-    def __init__(self, seconds: float, what: str) -> None:
-        self.end, self.seconds, self.what = time.monotonic() + seconds, seconds, what
+    def __init__(self, seconds: float, what: str, cancel: threading.Event | None = None) -> None:
+        self.end, self.seconds, self.what, self.cancel = time.monotonic() + seconds, seconds, what, cancel
 
     def left(self) -> float:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ServerUnavailable(f"{self.what}: cancelled (the agent is stopping)")
         left = self.end - time.monotonic()
         if left <= 0:
             raise ServerUnavailable(f"{self.what}: no complete answer within {self.seconds:g} s (too slow)")
@@ -171,6 +175,7 @@ class ServiceClient:
         self.token = token
         self.timeout = timeout
         self.download_timeout = download_timeout
+        self.cancel: threading.Event | None = None  # set: transfers in flight end at their next read
         self._opener = urllib.request.build_opener(_SameOriginRedirects())
 
     def _open(self, req: urllib.request.Request) -> Any:
@@ -186,7 +191,7 @@ class ServiceClient:
             req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
             req.add_header(k, v)
-        deadline = _Deadline(self.timeout * 3, what)
+        deadline = _Deadline(self.timeout * 3, what, self.cancel)
         try:
             with self._open(req) as resp:
                 return resp.status, dict(resp.headers), _read_capped(resp, MAX_RESPONSE_BYTES, deadline)
@@ -255,7 +260,7 @@ class ServiceClient:
         req.add_header("Authorization", f"Bearer {self.token}")
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         digest = hashlib.sha256()
-        deadline = _Deadline(self.download_timeout, f"GET {url}")
+        deadline = _Deadline(self.download_timeout, f"GET {url}", self.cancel)
         try:
             with os.fdopen(fd, "wb") as fh:
                 def sink(chunk: bytes) -> None:

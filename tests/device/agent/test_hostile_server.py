@@ -335,9 +335,10 @@ def test_09_11_a_stuck_or_failing_download_does_not_hold_back_uploads(fleet, tmp
         elapsed = time.monotonic() - started
         assert agent.queue.counters()["sent"] == 40 and len(agent.queue) == 0
         assert agent.version == "shipped:mnist-cnn-float32" and agent.store.state().get("rejected", []) == []
+        assert agent.client.cancel is None  # calls after the run are not cancelled
         downloads = srv.requests_to(f"/v1/versions/{fleet['v1']}/files/model.tflite")
         assert len(downloads) >= 2  # the whole-download deadline (1.5 s) cut the drip, and it was retried
-        assert elapsed < 3.0 + 1.5 + 3 * 2.0 + 1
+        assert elapsed < 3.0 + 1.0  # at the end of the run, a download in flight ends at its next read
         agent.close()
 
 
