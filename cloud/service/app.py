@@ -1,8 +1,9 @@
-"""The FastAPI app: release endpoints for devices, ingestion, events, and the dashboard.
+"""The FastAPI app: release endpoints for devices (a running rollout's version to the devices in its
+stage), ingestion of samples, events and interval summaries, the admin API, and the dashboard.
 
 Device endpoints take ``Authorization: Bearer <device token>``; the dashboard, the version
-listing and the API docs take the admin token (``serve --admin-token-file``) and are off
-without one; ``/healthz`` is open. Status codes: 304 unchanged release; 400 inconsistent
+listing, the API docs and the admin API (:mod:`cloud.service.admin`) take the admin token
+(``serve --admin-token-file``) and are off without one; ``/healthz`` is open. Status codes: 304 unchanged release; 400 inconsistent
 content or a missing Idempotency-Key; 401 unknown token; 404 no release; 409 an
 Idempotency-Key reused with another body; 413 request or device quota too large; 422 schema
 violation (always a JSON body); 429 too fast, or too many failed authentications.
