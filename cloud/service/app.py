@@ -1,8 +1,9 @@
-"""The FastAPI app: release endpoints for devices, ingestion, events, and the dashboard.
+"""The FastAPI app: release endpoints for devices (a running rollout's version to the devices in its
+stage), ingestion of samples, events and interval summaries, the admin API, and the dashboard.
 
 Device endpoints take ``Authorization: Bearer <device token>``; the dashboard, the version
-listing and the API docs take the admin token (``serve --admin-token-file``) and are off
-without one; ``/healthz`` is open. Status codes: 304 unchanged release; 400 inconsistent
+listing, the API docs and the admin API (:mod:`cloud.service.admin`) take the admin token
+(``serve --admin-token-file``) and are off without one; ``/healthz`` is open. Status codes: 304 unchanged release; 400 inconsistent
 content or a missing Idempotency-Key; 401 unknown token; 404 no release; 409 an
 Idempotency-Key reused with another body; 413 request or device quota too large; 422 schema
 violation (always a JSON body); 429 too fast, or too many failed authentications.
@@ -347,7 +348,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def samples(request: Request, authorization: Annotated[str | None, Header()] = None,
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         device_id = await run_in_threadpool(authenticate, request, authorization)  # a DB lookup: off the event loop
-        throttle(device_id)
+        await run_in_threadpool(throttle, device_id)  # with --workers, the bucket is in the database too
         body = await read_body(request)
         if not idempotency_key or len(idempotency_key) > 128:
             raise HTTPException(400, "an 'Idempotency-Key' header (1-128 characters) is required")
@@ -373,7 +374,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                   "application/json": {"schema": inline_refs(EventIn.model_json_schema())}}}})
     async def events(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
         device_id = await run_in_threadpool(authenticate, request, authorization)
-        throttle(device_id)
+        await run_in_threadpool(throttle, device_id)
         try:
             body = EventIn.model_validate_json(await read_body(request))
         except ValidationError as exc:
@@ -395,8 +396,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": inline_refs(SummaryIn.model_json_schema())}}}})
     async def summaries(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
-        device_id = authenticate(request, authorization)
-        throttle(device_id)
+        device_id = await run_in_threadpool(authenticate, request, authorization)  # a DB lookup: off the event loop
+        await run_in_threadpool(throttle, device_id)
         try:
             body = SummaryIn.model_validate_json(await read_body(request))
         except ValidationError as exc:

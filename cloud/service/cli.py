@@ -226,7 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds a channel's release is cached (a publish reaches devices this much later)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.add_argument("--admin-token-file", default=None,
-                   help="file holding the admin token that guards the dashboard, /v1/versions and /docs "
+                   help="file holding the admin token that guards the dashboard, /v1/versions, /docs and the admin "
+                        "API (/v1/admin/…) "
                         "(without it they are off)")
     p.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="largest request head accepted")
     p.add_argument("--header-timeout", type=float, default=10.0,

@@ -195,7 +195,9 @@ def tick(sessions: sessionmaker, registry: Any, now: float | None = None, signin
                 s.add(ChannelEntry(channel=row.channel, version_id=row.version_id, time=now))
             reason = decision.reason
             if decision.action == "halt":
-                reason += f"; {row.channel} reverted to v{row.base_version_id}"
+                reason += f"; {row.channel} reverted to v{row.base_version_id}" + (
+                    "" if signing_key is not None else " (no signing key on the server: devices that took the new "
+                                                       "version keep it until a signed 'cloud rollback')")
             _record(s, row, decision.action, reason, record, now)
         if decision.action == "halt" and row.base_version_id is not None:
             announce(registry, row.channel, row.base_version_id, signing_key)

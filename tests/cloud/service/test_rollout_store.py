@@ -100,3 +100,24 @@ def test_pause_resume_abort(fleet) -> None:
     assert set_state(sessions, "stable", "abort")["status"] == "aborted"
     assert active_rollout(sessions, "stable") is None and registry.current("stable").version == v1
     assert json.dumps(rollout_status(sessions, registry))  # JSON-ready
+
+
+def test_several_processes_ticking_at_once_apply_a_decision_once(fleet) -> None:
+    """Each worker of ``serve --workers N`` ticks; the conditional UPDATE lets exactly one of them advance a stage."""
+    import threading
+
+    sessions, registry, v1, v2, ids = fleet
+    t0 = time.time() - 1000
+    _report(sessions, ids, DEVICES, v1, 0.96, t0 - 5, "base")
+    r = start_rollout(sessions, registry, v2, "stable", RolloutPlan(stages=(25, 100), hold_s=1, min_labelled=20),
+                      now=t0)
+    _report(sessions, ids, [d for d in DEVICES if bucket(str(v2), d) < 25], v2, 0.96, t0 + 1, "s0")
+    results: list[list[dict]] = []
+    threads = [threading.Thread(target=lambda: results.append(tick(sessions, registry, now=t0 + 2))) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert sorted(len(x) for x in results) == [0, 0, 0, 1]
+    decisions = rollout_status(sessions, registry, r["id"])[0]["decisions"]
+    assert [d["action"] for d in decisions] == ["start", "advance"]
