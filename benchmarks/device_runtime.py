@@ -780,10 +780,14 @@ def build_mobilenet_bundle(work: Path, images: int = 60) -> tuple[Path, dict[str
     model = get_model("mobilenet-v2").build((96, 96, 3), 3)
     recalibrate_batch_norm(model, load_image_folder(shapes).x.astype(np.float32) / 255.0)
     model.save(work / "mobilenet-v2.keras")
-    # random weights are at chance by construction: declare the task, skip nothing else
+    # Random weights classify at chance by construction, so the raw outputs are compared (regression).
+    # A random network quantizes far worse than a trained one: the tolerance is wide, the error reported.
+    from cloud.export.verify import Tolerance
+
     run = load_run(work / "mobilenet-v2.keras", SourceOptions(data=str(shapes), task="regression"))
     bundle = work / "mobilenet-v2-int8"
-    v = export_bundle(run, bundle, ExportConfig(mode="int8", io="uint8", name="mobilenet-v2-int8"))
+    v = export_bundle(run, bundle, ExportConfig(mode="int8", io="uint8", name="mobilenet-v2-int8",
+                                                tolerance=Tolerance(max_rel_logit_diff=1.0)))
     return bundle, v.to_json()
 
 

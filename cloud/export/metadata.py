@@ -26,6 +26,7 @@ from typing import Any
 from device.runtime.bundle import InputSpec, OutputSpec
 
 LABELS_FILE = "labels.txt"
+_FIXED_MTIME = 1577836800  # 2020-01-01 UTC
 _MISSING = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
 # Schema members added after metadata 1.0.0 and the parser version that reads them (metadata_version.cc)
@@ -166,6 +167,7 @@ def embed_metadata(tflite: bytes, info: ModelInfo, inp: InputSpec, out: OutputSp
         if out.labels:
             path = os.path.join(tmp, LABELS_FILE)
             Path(path).write_text("\n".join(out.labels) + "\n")
+            os.utime(path, (_FIXED_MTIME, _FIXED_MTIME))  # packed as a zip entry: same labels, same bytes
             files.append(path)
         if out.labels and info.task in ("classification", "multilabel"):
             output_md = metadata_info.ClassificationTensorMd(
