@@ -14,11 +14,14 @@ the extension exported, ``GetMinimumMetadataParserVersion``, ported from MediaPi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,20 @@ def _parser_version_module() -> None:
             setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], package)
     sys.modules[_MISSING] = module
     setattr(sys.modules[".".join(parts[:-1])], parts[-1], module)
+
+
+@contextlib.contextmanager
+def _fixed_zip_time() -> Iterator[None]:
+    """The library packs associated files with ``ZipFile.writestr``, which stamps each entry with
+    the current time; a fixed stamp keeps an export byte-reproducible from its seed."""
+    import zipfile
+
+    real = zipfile.time
+    zipfile.time = types.SimpleNamespace(time=lambda: float(_FIXED_MTIME), localtime=time.gmtime)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        zipfile.time = real  # type: ignore[assignment]
 
 
 def _library() -> tuple[Any, Any, Any, Any]:
@@ -190,7 +207,8 @@ def embed_metadata(tflite: bytes, info: ModelInfo, inp: InputSpec, out: OutputSp
         populator.load_metadata_buffer(builder.Output())
         if files:
             populator.load_associated_files(files)
-        populator.populate()
+        with _fixed_zip_time():
+            populator.populate()
         content = bytes(populator.get_model_buffer())
         del populator  # its destructor removes a temp file; run it now, not at interpreter exit
         return content

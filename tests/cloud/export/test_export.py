@@ -116,7 +116,8 @@ def test_cli_exits_nonzero_on_a_failed_verification(cnn_run: Path, tmp_path: Pat
     monkeypatch.setattr("cloud.export.exporter.convert", _saved_model_route)
     rc = cli.main(["export", str(cnn_run), "--mode", "float32", "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
-    assert rc == 1 and "error:" in err and "non-finite" in err and "Nothing was written" in err
+    # the SavedModel route's outputs are usually all-NaN, in one run here finite garbage: refused either way
+    assert rc == 1 and "error:" in err and "failed verification" in err and "Nothing was written" in err
     assert not (tmp_path / "b").exists()
 
 
