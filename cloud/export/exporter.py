@@ -187,12 +187,6 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     tflite = convert(model, config.mode, rep, config.compat, io)
     created = config.created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     manifest = build_manifest(tflite, run, config, created, raw_input=raw_input)
-    if config.metadata:
-        from cloud.export.metadata import ModelInfo, embed_metadata
-
-        info = ModelInfo(manifest.name, config.description or _describe(run, config), manifest.version, manifest.task)
-        tflite = embed_metadata(tflite, info, manifest.input, manifest.output)
-        manifest = replace(manifest, sha256=sha256_bytes(tflite), size_bytes=len(tflite))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)
@@ -206,6 +200,9 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
                 f"{config.mode} export of {run.checkpoint} failed verification on {verification.samples} test "
                 f"samples: " + "; ".join(verification.failures) + f". Nothing was written to {out}."
             )
+        if config.metadata:
+            tflite, manifest = _with_metadata(tflite, manifest, run, config, staging)
+            verification = replace(verification, size_bytes=len(tflite))
         metrics = {**verification.to_json(), "keras_test_accuracy": verification.keras_accuracy}
         write_bundle(staging, tflite, replace(manifest, metrics=metrics))
         add_profile(staging, test.x)  # the reference for drift monitoring: the data it was verified on
@@ -213,6 +210,25 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return verification
+
+
+def _with_metadata(tflite: bytes, manifest: Manifest, run: TrainedRun, config: ExportConfig,
+                   staging: Path) -> tuple[bytes, Manifest]:
+    """The verified model with TFLite metadata embedded, checked to give bit-identical outputs."""
+    from cloud.export.metadata import ModelInfo, embed_metadata
+    from device.runtime.runtime import Runtime
+
+    x = run.splits.test.x[:16]
+    before = Runtime(staging, num_threads=1).logits(x, check_finite=False)
+    info = ModelInfo(manifest.name, config.description or _describe(run, config), manifest.version, manifest.task)
+    with_md = embed_metadata(tflite, info, manifest.input, manifest.output)
+    manifest = replace(manifest, sha256=sha256_bytes(with_md), size_bytes=len(with_md))
+    write_bundle(staging, with_md, manifest)
+    after = Runtime(staging, num_threads=1).logits(x, check_finite=False)
+    if not np.array_equal(before, after, equal_nan=True):
+        raise ExportVerificationError(f"{config.mode} export of {run.checkpoint}: embedding the TFLite metadata "
+                                      "changed the model's outputs; nothing was written")
+    return with_md, manifest
 
 
 def _describe(run: TrainedRun, config: ExportConfig) -> str:

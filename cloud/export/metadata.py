@@ -14,11 +14,14 @@ the extension exported, ``GetMinimumMetadataParserVersion``, ported from MediaPi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 from device.runtime.bundle import InputSpec, OutputSpec
 
 LABELS_FILE = "labels.txt"
+_FIXED_MTIME = 1577836800  # 2020-01-01 UTC
 _MISSING = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
 # Schema members added after metadata 1.0.0 and the parser version that reads them (metadata_version.cc)
@@ -102,6 +106,20 @@ def _parser_version_module() -> None:
     setattr(sys.modules[".".join(parts[:-1])], parts[-1], module)
 
 
+@contextlib.contextmanager
+def _fixed_zip_time() -> Iterator[None]:
+    """The library packs associated files with ``ZipFile.writestr``, which stamps each entry with
+    the current time; a fixed stamp keeps an export byte-reproducible from its seed."""
+    import zipfile
+
+    real = zipfile.time
+    zipfile.time = types.SimpleNamespace(time=lambda: float(_FIXED_MTIME), localtime=time.gmtime)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        zipfile.time = real  # type: ignore[assignment]
+
+
 def _library() -> tuple[Any, Any, Any, Any]:
     _parser_version_module()
     from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
@@ -166,6 +184,7 @@ def embed_metadata(tflite: bytes, info: ModelInfo, inp: InputSpec, out: OutputSp
         if out.labels:
             path = os.path.join(tmp, LABELS_FILE)
             Path(path).write_text("\n".join(out.labels) + "\n")
+            os.utime(path, (_FIXED_MTIME, _FIXED_MTIME))  # packed as a zip entry: same labels, same bytes
             files.append(path)
         if out.labels and info.task in ("classification", "multilabel"):
             output_md = metadata_info.ClassificationTensorMd(
@@ -188,7 +207,8 @@ def embed_metadata(tflite: bytes, info: ModelInfo, inp: InputSpec, out: OutputSp
         populator.load_metadata_buffer(builder.Output())
         if files:
             populator.load_associated_files(files)
-        populator.populate()
+        with _fixed_zip_time():
+            populator.populate()
         content = bytes(populator.get_model_buffer())
         del populator  # its destructor removes a temp file; run it now, not at interpreter exit
         return content

@@ -260,12 +260,15 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
         model = _load_keras(path)
         checkpoint, run_dir, from_run = path, path.parent, False
         image_size, color = options.image_size, options.color
+        from_model = []
         shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
         if len(shape) == 3 and Path(options.data).is_dir():  # an image folder read at the model's geometry
             if image_size is None and shape[0] and shape[1]:
                 image_size = (int(shape[0]), int(shape[1]))
+                from_model.append("--image-size")
             if color is None and shape[2] in (1, 3):
                 color = "rgb" if shape[2] == 3 else "grayscale"
+                from_model.append("--color")
         config = TrainConfig(model=path.stem, data=absolute_data(options.data), image_size=image_size, color=color,
                              label_column=options.label_column)
     else:
@@ -274,7 +277,10 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
         raise ValueError(f"{path}: the model has {len(model.input_shape)} inputs; export takes single-input models")
     splits = make_splits(config)
     if splits.train.note and (options.data is not None or not from_run):
-        notes.append(f"data {splits.train.note}")
+        note = splits.train.note
+        for flag in [] if from_run else from_model:
+            note = note.replace(f"({flag})", "(the model's input)")
+        notes.append(f"data {note}")
     expected = tuple(model.input_shape[1:])
     got = splits.train.sample_shape
     if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):

@@ -41,6 +41,10 @@ def test_train_export_all_modes_then_predict_on_device(tmp_path: Path) -> None:
 
 def test_export_of_unfinished_or_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     out = run_cli("cloud", "export", str(tmp_path / "nowhere"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "no such file or directory" in out.stderr
+    (tmp_path / "unfinished").mkdir()
+    out = run_cli("cloud", "export", str(tmp_path / "unfinished"))
     assert out.returncode == 1 and "Traceback" not in out.stderr and "config.json" in out.stderr
     out = run_cli("cloud", "train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r"))
-    assert out.returncode == 1 and "missing.npz" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "missing.npz: no such file or directory" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()

@@ -72,10 +72,12 @@ def test_manifest_describes_the_model(exported, loaded_run) -> None:
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     assert manifest["format"] == "edgeloop-bundle/2" and manifest["task"] == "classification"
     (m_in,), (m_out,) = manifest["inputs"], manifest["outputs"]
-    assert m_in["dtype"] == "int8" and m_out["dtype"] == "int8"
+    # an image model's int8 export takes raw uint8 pixels: the normalization is folded into the model
+    assert m_in["dtype"] == "uint8" and m_out["dtype"] == "uint8"
+    assert m_in["quantization"] == {"scale": 1.0, "zero_point": 0}
     assert (m_in["quantization"]["scale"], m_in["quantization"]["zero_point"]) == pytest.approx(inp["quantization"])
     assert (m_out["quantization"]["scale"], m_out["quantization"]["zero_point"]) == pytest.approx(out["quantization"])
-    assert m_in["normalization"] == {"mean": [0.0], "std": [255.0]}
+    assert m_in["normalization"] == {"mean": [0.0], "std": [1.0]}
     assert m_out["labels"] == [str(i) for i in range(10)]
     assert manifest["metrics"]["passed"] is True and manifest["metrics"]["top1_agreement"] >= 0.97
     assert manifest["metrics"]["median_latency_ms"] > 0
@@ -114,7 +116,8 @@ def test_cli_exits_nonzero_on_a_failed_verification(cnn_run: Path, tmp_path: Pat
     monkeypatch.setattr("cloud.export.exporter.convert", _saved_model_route)
     rc = cli.main(["export", str(cnn_run), "--mode", "float32", "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
-    assert rc == 1 and "error:" in err and "non-finite" in err and "Nothing was written" in err
+    # the SavedModel route's outputs are usually all-NaN, in one run here finite garbage: refused either way
+    assert rc == 1 and "error:" in err and "failed verification" in err and "Nothing was written" in err
     assert not (tmp_path / "b").exists()
 
 

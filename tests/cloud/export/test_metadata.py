@@ -90,3 +90,17 @@ def test_minimum_parser_version_follows_the_schema_features() -> None:
     assert version(file_type=fb.AssociatedFileType.VOCABULARY) == "1.0.1"
     assert version(input_units=True) == "1.1.0"
     assert version(file_type=fb.AssociatedFileType.SCANN_INDEX_FILE, input_units=True) == "1.4.0"
+
+
+def test_embedding_is_byte_reproducible() -> None:
+    """The packed labels.txt is a zip entry stamped with a time: fixed, so a seed gives the same bundle bytes."""
+    import time
+
+    from cloud.export.metadata import ModelInfo, embed_metadata
+
+    manifest = read_manifest(SHIPPED / "mnist-cnn-int8")
+    plain = (SHIPPED / "mnist-cnn-int8" / "model.tflite").read_bytes()
+    info = ModelInfo("n", "d", "1", "classification")
+    first = embed_metadata(plain, info, manifest.input, manifest.output)
+    time.sleep(2.1)  # zip times have a 2-second resolution
+    assert embed_metadata(plain, info, manifest.input, manifest.output) == first
