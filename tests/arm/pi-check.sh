@@ -50,7 +50,7 @@ trap cleanup EXIT
 check_arch() {
   local arch=$1 root="$CACHE/$1" cpu part include
   if [ "$arch" = arm64 ]; then cpu=cortex-a72; part=0xd08; include=python3,python3-venv,python3-pip,ca-certificates
-  else cpu=cortex-a7; part=0xc07; include=python3,python3-venv,python3-pip,ca-certificates,python3-numpy,python3-pil,python3-cffi; fi
+  else cpu=cortex-a7; part=0xc07; include=python3,python3-venv,python3-pip,ca-certificates,python3-numpy,python3-pil,python3-cffi,python3-ply; fi  # debootstrap does not resolve the virtual python3-ply-lex-3.10
   export QEMU_CPU=$cpu
   if [ ! -e "$root/.debootstrap-done" ]; then
     log "$arch: debootstrap bookworm (minbase + $include) into $root"
