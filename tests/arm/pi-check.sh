@@ -50,7 +50,7 @@ trap cleanup EXIT
 check_arch() {
   local arch=$1 root="$CACHE/$1" cpu part include
   if [ "$arch" = arm64 ]; then cpu=cortex-a72; part=0xd08; include=python3,python3-venv,python3-pip,ca-certificates
-  else cpu=cortex-a7; part=0xc07; include=python3,python3-venv,python3-pip,ca-certificates,python3-numpy,python3-pil,python3-cffi; fi
+  else cpu=cortex-a7; part=0xc07; include=python3,python3-venv,python3-pip,ca-certificates,python3-numpy,python3-pil,python3-cffi,python3-ply; fi  # debootstrap does not resolve the virtual python3-ply-lex-3.10
   export QEMU_CPU=$cpu
   if [ ! -e "$root/.debootstrap-done" ]; then
     log "$arch: debootstrap bookworm (minbase + $include) into $root"
@@ -75,32 +75,36 @@ check_arch() {
   log "$arch: copying the working tree to /opt/edgeloop"
   rm -rf "$root/opt/edgeloop" && mkdir -p "$root/opt/edgeloop"
   (cd "$ROOT_DIR" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$root/opt/edgeloop"
-  local env="PIP_CERT=/etc/ssl/certs/pi-check-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 HOME=/root"
+  # A clean environment: the host's SSL_CERT_FILE/REQUESTS_CA_BUNDLE/PIP_* would point pip at the chroot's
+  # own files (without this network's CA) or at host-only wheel folders.
+  local ca=/etc/ssl/certs/pi-check-ca.crt
+  local env="-i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU=$cpu
+    PIP_CERT=$ca SSL_CERT_FILE=$ca REQUESTS_CA_BUNDLE=$ca PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1"
   local t0=$SECONDS
   if [ "$arch" = arm64 ]; then
     chroot "$root" /usr/bin/env $env /bin/sh -c \
-      "rm -rf /opt/venv && python3 -m venv /opt/venv && /opt/venv/bin/pip install -q '/opt/edgeloop[device]'" \
+      "{ [ -x /opt/venv/bin/pip ] || python3 -m venv /opt/venv; } && /opt/venv/bin/pip install -q '/opt/edgeloop[device]' && /opt/venv/bin/pip install -q --force-reinstall --no-deps /opt/edgeloop" \
       > "$OUT/$arch-install.log" 2>&1
   else
     chroot "$root" /usr/bin/env $env /bin/sh -c \
-      "rm -rf /opt/venv && python3 -m venv --system-site-packages /opt/venv && /opt/venv/bin/pip install -q 'tflite-runtime==2.14.*' 'rich>=13,<16' && /opt/venv/bin/pip install -q --no-deps /opt/edgeloop" \
+      "{ [ -x /opt/venv/bin/pip ] || python3 -m venv --system-site-packages /opt/venv; } && /opt/venv/bin/pip install -q 'tflite-runtime==2.14.*' 'rich>=13,<16' && /opt/venv/bin/pip install -q --force-reinstall --no-deps /opt/edgeloop" \
       > "$OUT/$arch-install.log" 2>&1
   fi
   local rc=$?
   log "$arch: install rc=$rc in $((SECONDS - t0)) s (log $OUT/$arch-install.log)"
   [ $rc -eq 0 ] || { tail -5 "$OUT/$arch-install.log"; return 1; }
-  chroot "$root" /opt/venv/bin/python -c "import platform, sys, numpy; print('python', sys.version.split()[0], platform.machine(), 'numpy', numpy.__version__)"
+  chroot "$root" /usr/bin/env $env /opt/venv/bin/python -c "import platform, sys, numpy; print('python', sys.version.split()[0], platform.machine(), 'numpy', numpy.__version__)"
 
   local failed=0 name cmd
   run() {  # name, command...; retry once with XNNPACK off if it dies of a signal
     local name=$1; shift
     local t=$SECONDS
-    chroot "$root" /usr/bin/env QEMU_CPU=$cpu HOME=/root /bin/sh -c "cd /tmp && $*" > "$OUT/$arch-$name.txt" 2>&1
+    chroot "$root" /usr/bin/env $env /bin/sh -c "cd /tmp && $*" > "$OUT/$arch-$name.txt" 2>&1
     local rc=$?
     log "$arch: $name rc=$rc ($((SECONDS - t)) s)"; cat "$OUT/$arch-$name.txt"
     if [ $rc -gt 128 ]; then
       echo "$arch: $name died of signal $((rc - 128)); retrying with EDGELOOP_XNNPACK=0"
-      chroot "$root" /usr/bin/env QEMU_CPU=$cpu HOME=/root EDGELOOP_XNNPACK=0 /bin/sh -c "cd /tmp && $*" > "$OUT/$arch-$name-noxnn.txt" 2>&1
+      chroot "$root" /usr/bin/env $env EDGELOOP_XNNPACK=0 /bin/sh -c "cd /tmp && $*" > "$OUT/$arch-$name-noxnn.txt" 2>&1
       log "$arch: $name without XNNPACK rc=$?"; cat "$OUT/$arch-$name-noxnn.txt"
     fi
     [ $rc -eq 0 ] || failed=1
