@@ -6,7 +6,7 @@
    second, and the 434 KB model crosses a 1 MB/s link each way. Simulated seconds, server steps,
    client updates and bytes until the test accuracy first reaches the target, for synchronous
    FedAvg with 10 clients per round (no deadline, and a deadline that leaves the slow clients
-   out) and FedBuff (K = 10, M = 20, and K = 5, M = 10), all with the default staleness
+   out) and FedBuff (K = 10, M = 20, and K = 10, M = 40), all with the default staleness
    ``polynomial:0.5``. Target: FedBuff in at most half the simulated time of the best sync setting.
 2. Real rounds (``--part real``). 4 LiteRT device processes over Flower on 127.0.0.1 (mlp-small on
    digits), one slowed by an injected delay of 4× a normal device's update time (so 5× slower),
@@ -49,7 +49,7 @@ def sim_settings(quick: bool) -> list[tuple[str, Any]]:
         ("sync FedAvg, 10/round, no deadline", TimedConfig("sync", clock=clock)),
         ("sync FedAvg, 10/round, deadline 2 s", TimedConfig("sync", clock=clock, deadline_s=2.0)),
         ("FedBuff K=10, M=20", TimedConfig("fedbuff", BufferConfig(buffer_size=10, concurrency=20), clock)),
-        ("FedBuff K=5, M=10", TimedConfig("fedbuff", BufferConfig(buffer_size=5, concurrency=10), clock)),
+        ("FedBuff K=10, M=40", TimedConfig("fedbuff", BufferConfig(buffer_size=10, concurrency=40), clock)),
     ]
     return settings[:1] + settings[2:3] if quick else settings
 
