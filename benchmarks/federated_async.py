@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(table)
             plot_real(real, args.out.parent / "federated_async_real.png")
             print(f"plot: {args.out.parent / 'federated_async_real.png'}")
-            report["real"] = {"quick": args.quick, **real}
+            report["real"] = {"quick": args.quick, "args": {"slow_delay": args.slow_delay, "real_rounds": args.real_rounds,
+                                                            "real_target": args.real_target}, **real}
     report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
