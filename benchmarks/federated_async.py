@@ -6,11 +6,11 @@
    second, and the 434 KB model crosses a 1 MB/s link each way. Simulated seconds, server steps,
    client updates and bytes until the test accuracy first reaches the target, for synchronous
    FedAvg with 10 clients per round (no deadline, and a deadline that leaves the slow clients
-   out) and FedBuff (K = 10, M = 20, and K = 5, M = 10), all with the default staleness
+   out) and FedBuff (K = 10, M = 20, and K = 10, M = 40), all with the default staleness
    ``polynomial:0.5``. Target: FedBuff in at most half the simulated time of the best sync setting.
 2. Real rounds (``--part real``). 4 LiteRT device processes over Flower on 127.0.0.1 (mlp-small on
-   digits), one slowed by an injected delay of 4× a normal device's update time (so 5× slower),
-   measured first with no slow device; wall-clock seconds to the target accuracy, synchronous
+   digits), one slowed by an injected delay of 4× a normal device's update time as the server sees
+   it (send, train, reply; so 5× slower), measured first with no slow device (or ``--slow-delay``); wall-clock seconds to the target accuracy, synchronous
    rounds against ``--mode async`` (K = 2, M = 4).
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/federated_async.py [--quick] [--part sim|real]`` (``make bench``).
@@ -49,7 +49,7 @@ def sim_settings(quick: bool) -> list[tuple[str, Any]]:
         ("sync FedAvg, 10/round, no deadline", TimedConfig("sync", clock=clock)),
         ("sync FedAvg, 10/round, deadline 2 s", TimedConfig("sync", clock=clock, deadline_s=2.0)),
         ("FedBuff K=10, M=20", TimedConfig("fedbuff", BufferConfig(buffer_size=10, concurrency=20), clock)),
-        ("FedBuff K=5, M=10", TimedConfig("fedbuff", BufferConfig(buffer_size=5, concurrency=10), clock)),
+        ("FedBuff K=10, M=40", TimedConfig("fedbuff", BufferConfig(buffer_size=10, concurrency=40), clock)),
     ]
     return settings[:1] + settings[2:3] if quick else settings
 
@@ -99,6 +99,7 @@ def run_deploy(mode: str, out: Path, bundle: Path, rounds: int, slow_delay: floa
         "reached": hit is not None, "steps_to_target": hit["round"] if hit else None,
         "wall_s_to_target": hit["elapsed_s"] if hit else None, "wall_s_total": time.monotonic() - started,
         "round_s_median": statistics.median(r["round_s"] for r in records),
+        "exchange_s_median": statistics.median(r.get("exchange_s", r["round_s"]) for r in records),
         "updates_to_target": (sum(len(r["accepted"]) for r in records if r["round"] <= hit["round"]) if hit else None),
         "accuracy_initial": result["rounds"][0].get("test_accuracy"), "accuracy_final": records[-1].get("test_accuracy"),
         "curve": [(0.0, result["rounds"][0].get("test_accuracy"))] + [(r["elapsed_s"], r.get("test_accuracy"))
@@ -106,7 +107,8 @@ def run_deploy(mode: str, out: Path, bundle: Path, rounds: int, slow_delay: floa
     }
 
 
-def bench_real(target: float, quick: bool, work: Path) -> dict[str, Any]:
+def bench_real(target: float, quick: bool, work: Path, slow_delay: float | None = None,
+               rounds: int | None = None) -> dict[str, Any]:
     from cloud.export.exporter import load_run
     from cloud.export.trainable import TrainableConfig, export_trainable
     from cloud.train.training import TrainConfig, train
@@ -115,17 +117,20 @@ def bench_real(target: float, quick: bool, work: Path) -> dict[str, Any]:
     train(TrainConfig(model="mlp-small", data="digits", epochs=1, patience=None, seed=0), run, progress=False)
     bundle = work / "bundle"
     export_trainable(load_run(run), bundle, TrainableConfig())
-    print("calibrating: 4 devices, no slow one, 3 synchronous rounds …", flush=True)
-    calib = run_deploy("sync", work / "calibrate", bundle, 3, 0.0, None)
-    base = calib["round_s_median"]
-    delay = 4.0 * base  # a 5x slower device: its update takes 1 + 4 normal update times
-    rounds = 6 if quick else 12
-    print(f"a normal round takes {base:.2f} s; slowing one device by {delay:.2f} s per update", flush=True)
+    if slow_delay is None:
+        print("calibrating: 4 devices, no slow one, 3 synchronous rounds …", flush=True)
+        calib = run_deploy("sync", work / "calibrate", bundle, 3, 0.0, None)
+        base = calib["exchange_s_median"]  # a device's update as the server sees it: send, train, reply
+        delay = 4.0 * base  # a 5x slower device: its update takes 1 + 4 normal update times
+        print(f"a normal device's update takes {base:.2f} s; slowing one device by {delay:.2f} s", flush=True)
+    else:
+        base, delay = slow_delay / 4.0, slow_delay
+    rounds = rounds or (6 if quick else 12)
     runs = []
     for mode, steps, buffer in (("sync", rounds, None), ("async", 3 * rounds, {"buffer_size": 2, "concurrency": 4})):
         print(f"running {mode} with one slow device, up to {steps} steps …", flush=True)
         runs.append(run_deploy(mode, work / f"real-{mode}", bundle, steps, delay, target, buffer))
-    return {"normal_round_s": base, "slow_delay_s": delay, "target": target, "runs": runs}
+    return {"normal_update_s": base, "slow_delay_s": delay, "target": target, "runs": runs}
 
 
 def plot_real(real: dict[str, Any], path: Path) -> None:
@@ -151,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=None, help="simulator target accuracy (default 0.90; quick 0.80)")
     parser.add_argument("--cap", type=int, default=None, help="server steps at most per simulator setting (default 400)")
     parser.add_argument("--real-target", type=float, default=0.85)
+    parser.add_argument("--real-rounds", type=int, default=None, help="sync rounds (async: 3x as many steps); default 12")
+    parser.add_argument("--slow-delay", type=float, default=None,
+                        help="seconds injected per update on the slow device (default: 4x a calibrated normal update)")
     parser.add_argument("--out", type=Path, default=RESULTS / "federated_async.json")
     args = parser.parse_args(argv)
 
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot: {png}")
             report["sim"] = {"quick": args.quick, "target": target, "cap": cap, "rows": rows}
         if args.part in ("all", "real"):
-            real = bench_real(args.real_target, args.quick, work)
+            real = bench_real(args.real_target, args.quick, work, args.slow_delay, args.real_rounds)
             table = Table(title=f"Real rounds: 4 LiteRT devices over Flower, one 5× slower ({real['slow_delay_s']:.1f} s "
                                 f"injected per update); to {args.real_target:.0%}")
             for col in ("mode", "reached", "steps to target", "wall s to target", "vs sync", "updates to target",
@@ -209,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(table)
             plot_real(real, args.out.parent / "federated_async_real.png")
             print(f"plot: {args.out.parent / 'federated_async_real.png'}")
-            report["real"] = {"quick": args.quick, **real}
+            report["real"] = {"quick": args.quick, "args": {"slow_delay": args.slow_delay, "real_rounds": args.real_rounds,
+                                                            "real_target": args.real_target}, **real}
     report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
