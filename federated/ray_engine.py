@@ -38,7 +38,7 @@ from federated.simulate import SimulationConfig
 from federated.weights import Weights
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-START_ATTEMPTS = 2
+START_ATTEMPTS = 3
 
 
 class RayEngineError(FederatedError):
