@@ -256,10 +256,25 @@ class Manifest:
                 }
                 for spec in self.outputs
             ],
-            "metrics": dict(self.metrics),
-            "source": dict(self.source),
+            "metrics": json_safe(dict(self.metrics)),
+            "source": json_safe(dict(self.source)),
         } | ({} if self.trainable is None else {"trainable": self.trainable.to_json()}) | (
-            {"profile": dict(self.profile)} if self.profile else {})
+            {"profile": json_safe(dict(self.profile))} if self.profile else {})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by ``None``.
+
+    JSON has no NaN: a manifest that held one (a 0/0 ratio in a random-init model's metrics, say)
+    would be refused by every strict reader, our own loader included.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _get(obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:

@@ -70,3 +70,15 @@ def test_v2_errors_name_the_field(change, field: str) -> None:
     change(data)
     with pytest.raises(BundleError, match=field.replace("[", r"\[").replace("]", r"\]")):
         parse_manifest(data)
+
+
+def test_non_finite_metrics_are_written_as_null() -> None:
+    """A NaN in free-form metrics (e.g. a 0/0 ratio) must not make the manifest unreadable JSON."""
+    import dataclasses
+    import math
+
+    m = parse_manifest(_v2())
+    m = dataclasses.replace(m, metrics={"rel": math.nan, "nested": [math.inf, 1.0]}, profile={"x": {"m": -math.inf}})
+    text = json.dumps(m.to_json(), allow_nan=False)
+    again = parse_manifest(json.loads(text))
+    assert again.metrics == {"rel": None, "nested": [None, 1.0]} and again.profile == {"x": {"m": None}}
