@@ -118,7 +118,12 @@ clean:
 # The heavy Ray checks (not part of `make test`, which runs the Ray smoke test only): a worker killed
 # mid-round, resume across engines, the CNN on Ray, the CLI's own 127.0.0.1 instance; then the local vs
 # Ray benchmark rows. Each test starts and stops its own tiny Ray cluster.
-.PHONY: test-ray bench-ray
+.PHONY: test-ray bench-ray test-heavy
+# Timing-sensitive real-rounds checks kept out of `make test` (a device SIGKILLed mid-training in async mode,
+# then the server killed and resumed).
+test-heavy: install device-fl-env
+	EDGELOOP_HEAVY=1 $(BIN)/python -m pytest -q tests/federated/test_fl_deploy.py -k async_device_killed
+
 test-ray: install
 	EDGELOOP_RAY=1 $(BIN)/python -m pytest -q tests/federated/test_ray_engine.py
 
