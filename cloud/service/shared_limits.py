@@ -34,7 +34,7 @@ class SharedRateLimiter:
         now = time.time() if now is None else now  # wall clock: shared by processes (and NTP-synchronised hosts)
         k = f"{self.prefix}:{key}"
         refilled = self._refilled(now)
-        for _ in range(3):
+        for _ in range(4):
             with self.sessions.begin() as s:
                 took = s.execute(update(RateBucket).where(RateBucket.key == k, refilled >= 1.0)
                                  .values(tokens=refilled - 1.0, updated=now)).rowcount
@@ -42,6 +42,10 @@ class SharedRateLimiter:
                     return 0.0
                 tokens = s.scalars(select(refilled).where(RateBucket.key == k)).first()
             if tokens is not None:
+                if float(tokens) >= 1.0:
+                    # READ COMMITTED: the UPDATE's snapshot missed a row (or tokens) another host
+                    # committed before this SELECT's. Take from it; never wave a request through.
+                    continue
                 return (1.0 - float(tokens)) / float(self.limit.rate)
             try:  # the key's first request: a full bucket, less this request's token
                 with self.sessions.begin() as s:
@@ -49,4 +53,4 @@ class SharedRateLimiter:
                 return 0.0
             except IntegrityError:  # another process created it first: take from it
                 continue
-        return 1.0 / float(self.limit.rate)
+        return 1.0 / float(self.limit.rate)  # still contended after every try: refuse, and ask to come back

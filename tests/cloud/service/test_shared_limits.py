@@ -40,3 +40,38 @@ def test_concurrent_takers_get_exactly_the_burst(tmp_path: Path) -> None:
     for th in threads:
         th.join(30)
     assert allowed[0] == 20
+
+
+def test_a_row_created_between_the_update_and_the_select_is_taken_from_not_waved_through(tmp_path: Path) -> None:
+    """CI defect: two hosts on PostgreSQL let 21 of a burst of 20 through.
+
+    Under READ COMMITTED each statement has its own snapshot: a key's first UPDATE can miss a row
+    that another host commits before the SELECT that follows sees it with a full bucket. The old
+    code then returned the negative "wait" (1 - 19) / rate, which the caller read as "allowed",
+    without taking a token. Here the first UPDATE is made to miss the (existing) row.
+    """
+    from sqlalchemy import event, select
+
+    from cloud.service.db import RateBucket
+
+    engine = make_engine(database_url(tmp_path))
+    sessions = make_sessionmaker(engine)
+    limit = RateLimit(rate=0.001, burst=20)
+    lim = SharedRateLimiter(sessions, limit)
+    t = 1_000_000.0
+    assert lim.allow("k", now=t) == 0  # creates the row: 19 left
+    missed = [0]
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def miss_first_update(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith("UPDATE RATE_BUCKETS") and not missed[0]:
+            missed[0] = 1
+            head, sep, tail = statement.partition(" RETURNING")  # SQLAlchemy 2.1 may add RETURNING for rowcount
+            statement = head + " AND 0 = 1" + sep + tail
+        return statement, parameters
+
+    assert lim.allow("k", now=t) == 0 and missed[0] == 1
+    with sessions() as s:
+        assert s.scalar(select(RateBucket.tokens).where(RateBucket.key == "dev:k")) == 18.0  # a token was taken
+    granted = sum(lim.allow("k", now=t) == 0 for _ in range(30))
+    assert granted == 18  # 20 in all, never more
