@@ -11,6 +11,12 @@ exactly that many, with no duplicate ids. A backend is ``NAME:WORKERS``.
     .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 \
         --backends sqlite:1,postgresql:1,postgresql:2        # the fleet at scale: mostly 304 polls
     .venv/bin/python benchmarks/fleet_load.py --duration 10 --backends sqlite
+    .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 --baseline 13f8992 \
+        --backends sqlite:1:nofast,sqlite:1                  # against an older commit's server, side by side
+
+A backend ``NAME:WORKERS:nofast`` runs ``serve --no-fast-poll`` (every poll through FastAPI).
+``--baseline REF`` first runs the same fleet against the server of git commit REF (SQLite, one
+worker), exported with ``git archive`` to a temporary directory and set up by its own code.
 
 PostgreSQL: the script runs initdb and postgres (from /usr/local/bin or /usr/lib/postgresql/*/bin) as
 user ``nobody`` in a temporary directory on a free 127.0.0.1 port, and stops it by PID.
@@ -197,7 +203,40 @@ async def fleet(url: str, tokens: list[str], duration: float, think: float, batc
     return stats, elapsed
 
 
-def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers: int = 1) -> dict:
+# The data directory of an older commit's server is made by that commit's own code.
+OLD_SETUP = """
+import json, sys
+from pathlib import Path
+try:
+    from cloud.release.signing import keygen, load_private_key
+except ImportError:
+    from cloud.signing import keygen, load_private_key
+from cloud.service.auth import add_device
+from cloud.service.db import database_url, make_engine, make_sessionmaker
+from cloud.service.registry import Registry
+data, n = Path(sys.argv[1]), int(sys.argv[2])
+sessions = make_sessionmaker(make_engine(database_url(data)))
+private, _ = keygen(data / "keys")
+Registry(sessions, data).publish("models/bundles/mnist-cnn-int8", "stable", load_private_key(private))
+print(json.dumps([add_device(sessions, f"sim-{i:03d}") for i in range(n)]))
+"""
+
+
+@contextmanager
+def exported_tree(ref: str):
+    """Commit ``ref`` of this repository as plain files in a temporary directory (``git archive``)."""
+    root = Path(tempfile.mkdtemp(prefix="edgeloop-baseline-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers: int = 1,
+                tree: Path | None = None, label: str = "", fast_poll: bool = True) -> dict:
+    """One fleet run. ``tree``: another checkout's server (SQLite, one worker), set up by its own code."""
     import psutil
     from sqlalchemy import func, select
 
@@ -209,16 +248,24 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
     data = Path(tempfile.mkdtemp(prefix=f"edgeloop-load-{name}-"))
     try:
         url = database_url(data, db_url)
-        engine = make_engine(url)
-        sessions = make_sessionmaker(engine)
-        private, _ = keygen(data / "keys")
-        Registry(sessions, data).publish(ROOT / "models/bundles/mnist-cnn-int8", "stable", load_private_key(private))
-        tokens = [add_device(sessions, f"sim-{i:03d}") for i in range(args.devices)]
-        port = free_port()
+        serve = [sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(data), "--rate", "1000",
+                 "--burst", "1000"]
         env = {**os.environ, "DATABASE_URL": url}
-        server = subprocess.Popen([sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(data), "--port",
-                                   str(port), "--rate", "1000", "--burst", "1000", "--workers", str(workers),
-                                   "--max-concurrency", str(max(512, 2 * args.devices))], cwd=ROOT, env=env,
+        if tree is None:
+            engine = make_engine(url)
+            sessions = make_sessionmaker(engine)
+            private, _ = keygen(data / "keys")
+            Registry(sessions, data).publish(ROOT / "models/bundles/mnist-cnn-int8", "stable", load_private_key(private))
+            tokens = [add_device(sessions, f"sim-{i:03d}") for i in range(args.devices)]
+            serve += ["--workers", str(workers), "--max-concurrency", str(max(512, 2 * args.devices)),
+                      *([] if fast_poll else ["--no-fast-poll"])]
+        else:
+            env["PYTHONPATH"] = str(tree)
+            made = subprocess.run([sys.executable, "-c", OLD_SETUP, str(data), str(args.devices)], cwd=tree, env=env,
+                                  check=True, capture_output=True, text=True)
+            tokens = json.loads(made.stdout.strip().splitlines()[-1])
+        port = free_port()
+        server = subprocess.Popen([*serve, "--port", str(port)], cwd=tree or ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         peak = [0]
         done = threading.Event()
@@ -244,7 +291,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            print(f"[{name}, {workers} worker(s)] {args.devices} devices ({args.upload_share:.0%} uploading) for "
+            print(f"[{name}{label}, {workers} worker(s)] {args.devices} devices ({args.upload_share:.0%} uploading) for "
                   f"{args.duration:.0f} s against 127.0.0.1:{port} (load average {os.getloadavg()[0]:.1f}) …", flush=True)
             stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch,
                                                args.upload_share))
@@ -257,6 +304,9 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, signal.SIGKILL)
                     server.wait(10)
+        if tree is not None:  # read the old server's store (with this code: it only adds tables, afterwards)
+            engine = make_engine(url)
+            sessions = make_sessionmaker(engine)
         with sessions() as s:
             stored = int(s.scalar(select(func.count()).select_from(Sample)))
             distinct = int(s.scalar(select(func.count(func.distinct(Sample.sample_id)))))
@@ -269,7 +319,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
             return float(np.percentile(lat[k], q)) if len(lat[k]) else None
 
         return {
-            "backend": name, "workers": workers, "devices": args.devices, "upload_share": args.upload_share,
+            "backend": name + label, "workers": workers, "devices": args.devices, "upload_share": args.upload_share,
             "duration_s": round(elapsed, 1), "requests": requests,
             "req_per_s": requests / elapsed, "poll_req_per_s": len(lat["poll"]) / elapsed,
             "errors": stats.errors, "statuses": stats.statuses,
@@ -295,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=10, help="samples per upload")
     parser.add_argument("--upload-share", type=float, default=1.0,
                         help="fraction of devices that upload samples and summaries (the rest only poll)")
-    parser.add_argument("--backends", default="sqlite:1,postgresql:1", help="NAME:WORKERS, comma-separated")
+    parser.add_argument("--backends", default="sqlite:1,postgresql:1",
+                        help="NAME:WORKERS[:nofast], comma-separated (nofast: serve --no-fast-poll)")
+    parser.add_argument("--baseline", default=None, metavar="REF",
+                        help="first run the fleet against git commit REF's server (SQLite, 1 worker)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -308,15 +361,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, ValueError, OSError):
         pass
     rows = []
+    if args.baseline:
+        with exported_tree(args.baseline) as tree:
+            rows.append(run_backend("sqlite", None, args, 1, tree=tree, label=f" @{args.baseline}"))
     for spec in args.backends.split(","):
-        backend, _, workers_text = spec.partition(":")
+        backend, _, rest = spec.partition(":")
+        workers_text, _, variant = rest.partition(":")
         workers = int(workers_text or 1)
+        if variant not in ("", "nofast"):
+            parser.error(f"--backends: unknown variant {variant!r} in {spec!r} (NAME:WORKERS[:nofast])")
+        fast, label = variant != "nofast", " nofast" if variant == "nofast" else ""
         if backend == "sqlite":
-            rows.append(run_backend("sqlite", None, args, workers))
+            rows.append(run_backend("sqlite", None, args, workers, label=label, fast_poll=fast))
         elif backend == "postgresql":
             try:
                 with postgres_cluster() as (url, _info):
-                    rows.append(run_backend("postgresql", url, args, workers))
+                    rows.append(run_backend("postgresql", url, args, workers, label=label, fast_poll=fast))
             except (RuntimeError, subprocess.CalledProcessError, FileNotFoundError) as exc:
                 print(f"[postgresql] skipped: {exc}")
                 rows.append({"backend": "postgresql", "workers": workers, "skipped": str(exc)})

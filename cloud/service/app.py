@@ -32,6 +32,8 @@ from cloud.service import dashboard
 from cloud.service.admin import MAX_BUNDLE_BYTES, PUBLISH_PATH, AdminContext, admin_router
 from cloud.service.auth import RateLimit, RateLimiter, TokenCache, admin_guard
 from cloud.service.db import Device, Event, database_url, make_engine, make_sessionmaker
+from cloud.service.epochs import RELEASES, EpochCache, Snapshot
+from cloud.service.fast_poll import FastPoll
 from cloud.service.ingest import (
     BadSample,
     BatchIn,
@@ -58,7 +60,9 @@ class ServiceConfig:
     max_batch_samples: int = 500
     max_samples_per_device: int = 1_000_000
     rate: RateLimit = field(default_factory=RateLimit)
-    release_cache_s: float = 1.0  # a publish or promote reaches devices at most this much later
+    # a publish, promote, rollout step or revocation reaches "unchanged" (304) answers at most this much later,
+    # in every process and host alike, and every other answer at once (:mod:`cloud.service.epochs`)
+    release_cache_s: float = 1.0
     admin_token: str | None = None  # guards the dashboard, /v1/versions and the docs; None: they are off
     # failed authentications per client address: beyond this, 429 instead of 401 (slows token guessing)
     auth_failures: RateLimit = field(default_factory=lambda: RateLimit(rate=2.0, burst=30))
@@ -68,10 +72,11 @@ class ServiceConfig:
     auto_retrain: Any = None  # an AutoRetrainConfig: retrain when the channel's current version drifts
     signing_key_path: Path | None = None  # default DATA/keys/signing.key: signs rollout and admin release statements
     worker_header: bool = False  # X-Edgeloop-Worker: <pid> on every response (to see the workers share the load)
+    fast_poll: bool = True  # answer unchanged-release polls without FastAPI (off: to compare, in tests and benchmarks)
 
     def __post_init__(self) -> None:
         if self.release_cache_s < 0:
-            raise ValueError(f"release_cache_s must be >= 0, got {self.release_cache_s}")
+            raise ValueError(f"--release-cache must be >= 0 seconds, got {self.release_cache_s}")
         if self.max_request_bytes < 1024 or self.max_batch_samples < 1 or self.max_samples_per_device < 1:
             raise ValueError("service limits must be positive (max_request_bytes >= 1024)")
 
@@ -187,7 +192,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     engine = make_engine(database_url(config.data_dir, config.database_url))
     sessions = make_sessionmaker(engine)
     registry = Registry(sessions, config.data_dir)
-    tokens = TokenCache(sessions)
+    release_cache = EpochCache(engine, max_age_s=60.0)
+    tokens = TokenCache(sessions, EpochCache(engine, max_age_s=60.0))
     if config.shared_limits:
         limiter: Any = SharedRateLimiter(sessions, config.rate, "dev")
         auth_failures: Any = SharedRateLimiter(sessions, config.auth_failures, "auth")
@@ -198,6 +204,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="edgeloop service", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Signed model releases for a device fleet, sample ingestion, and a dashboard.")
     app.state.registry, app.state.sessions, app.state.engine = registry, sessions, engine
+    if config.fast_poll:  # innermost: WorkerHeader still tags its answers
+        app.add_middleware(FastPoll, answer=lambda *poll: poll_not_modified(*poll))
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, overrides={PUBLISH_PATH: MAX_BUNDLE_BYTES})
     if config.worker_header:
         app.add_middleware(WorkerHeader)
@@ -231,10 +239,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
 
+    def snapshot(request: Request) -> Snapshot:
+        """The change counters as this request first read them (one query per request)."""
+        snap = request.scope.get("edgeloop.snapshot")
+        if snap is None:
+            snap = request.scope["edgeloop.snapshot"] = release_cache.snapshot()
+        return snap
+
     def authenticate(request: Request, authorization: str | None) -> int:
         device_id = None
         if authorization and authorization.startswith("Bearer "):
-            device_id = tokens.device_id(authorization[7:].strip())
+            device_id = tokens.device_id(authorization[7:].strip(), snapshot(request))
         if device_id is not None:
             return device_id
         client = request.client.host if request.client else "?"
@@ -263,6 +278,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     last_written: dict[int, tuple[float, str | None]] = {}
 
+    def seen_is_due(device_id: int, running: str | None) -> bool:
+        """Whether a poll must write "last seen": every SEEN_RESOLUTION_S, or when the running version changed."""
+        written_at, written_running = last_written.get(device_id, (0.0, None))
+        running = running[:64] if running else None
+        return running not in (None, written_running) or time.time() - written_at >= SEEN_RESOLUTION_S
+
     def seen(device_id: int, running: str | None = None, **values: Any) -> None:
         """Record that a device called in; polls write at most every SEEN_RESOLUTION_S unless something changed."""
         now = time.time()
@@ -277,17 +298,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 changes["running_version"] = running
             s.execute(update(Device).where(Device.id == device_id).values(**changes))
 
-    releases: dict[Any, tuple[float, Any]] = {}
     names: dict[int, str] = {}  # device id -> name (devices are never renamed)
-
-    def cached(key: Any, load: Any) -> Any:
-        """``load()``, cached for ``release_cache_s`` (the registry may change from another process)."""
-        hit = releases.get(key)
-        if hit is not None and time.monotonic() - hit[0] < config.release_cache_s:
-            return hit[1]
-        value = load()
-        releases[key] = (time.monotonic(), value)
-        return value
 
     def device_name(device_id: int) -> str:
         name = names.get(device_id)
@@ -296,13 +307,37 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 name = names[device_id] = s.get(Device, device_id).name
         return name
 
-    def current_release(channel: str, device_id: int | None = None) -> Any:
+    def current_release(channel: str, device_id: int | None, snap: Snapshot) -> Any:
         """The release for this device: a running rollout's version if the device is in its stage, else
-        the channel's current one."""
-        rollout = cached(("rollout", channel), lambda: active_rollout(sessions, channel))
+        the channel's current one. Cached in this process until the "releases" counter moves."""
+        rollout = release_cache.get(snap, RELEASES, ("rollout", channel), lambda: active_rollout(sessions, channel))
         if rollout is not None and device_id is not None and rollout.includes(device_name(device_id)):
-            return cached(("on", channel, rollout.version), lambda: registry.release_on(channel, rollout.version))
-        return cached(channel, lambda: registry.current(channel))
+            return release_cache.get(snap, RELEASES, ("on", channel, rollout.version),
+                                     lambda: registry.release_on(channel, rollout.version))
+        return release_cache.get(snap, RELEASES, channel, lambda: registry.current(channel))
+
+    async def poll_not_modified(channel: str, authorization: str, if_none_match: str,
+                                model_version: str | None) -> list[tuple[bytes, bytes]] | None:
+        """The 304 headers for a poll whose release is unchanged (:mod:`cloud.service.fast_poll`), or None to let
+        the full route answer. The same steps as :func:`current`, with the throttle moved after the
+        release check so that a poll handed on has taken nothing: the route then does it all again."""
+        if not authorization.startswith("Bearer "):
+            return None
+        # the counters as read at most release_cache_s ago: a publish, promote or revocation reaches the
+        # 304 answers that late at most, and every other answer at once (the route reads them afresh)
+        snap = release_cache.recent_snapshot(config.release_cache_s)
+        device_id = tokens.device_id(authorization[7:].strip(), snap)
+        if device_id is None:
+            return None
+        release = current_release(channel, device_id, snap)
+        if release is None or release.etag not in [t.strip() for t in if_none_match.split(",")]:
+            return None
+        wait = await run_in_threadpool(limiter.allow, device_id) if config.shared_limits else limiter.allow(device_id)
+        if wait > 0:
+            return None  # the route answers 429 with its Retry-After
+        if seen_is_due(device_id, model_version):
+            await run_in_threadpool(seen, device_id, model_version)  # a write: off the event loop
+        return [(b"etag", release.etag.encode("latin-1")), (b"cache-control", b"no-cache")]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -317,7 +352,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         device_id = authenticate(request, authorization)
         throttle(device_id)
         seen(device_id, x_model_version)
-        release = current_release(channel, device_id)
+        release = current_release(channel, device_id, snapshot(request))
         if release is None:
             raise HTTPException(404, f"nothing is published on channel {channel!r}")
         headers = {"ETag": release.etag, "Cache-Control": "no-cache"}

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
 from cloud.service.db import Device
+from cloud.service.epochs import TOKENS, EpochCache, Snapshot, bump
 from device.errors import EdgeloopError
 
 
@@ -60,25 +61,36 @@ def revoke_device(sessions: sessionmaker, name: str) -> None:
     with sessions.begin() as s:
         done = s.execute(update(Device).where(Device.name == name)
                          .values(token_hash=REVOKED_PREFIX + secrets.token_hex(24))).rowcount
+        bump(s, TOKENS)  # every process drops its cached tokens before its next request
     if not done:
         raise UnknownDevice(f"no device named {name!r} is registered")
 
 
 class TokenCache:
-    """token -> device id, read from the database on every call (an indexed lookup of a unique hash).
+    """token -> device id: an indexed lookup of a unique hash, cached in this process until a revocation.
 
-    Nothing is cached, on purpose: a revoked or rotated token must stop working at once, also in
-    a server process other than the one that changed it.
+    A revoked or rotated token must stop working at once, also in a server process other than the
+    one that changed it: :func:`revoke_device` moves the "tokens" change counter in the same
+    transaction, and an entry is used only under the counter value the request read
+    (:class:`cloud.service.epochs.EpochCache`). Unknown tokens are never cached, so a new device
+    works at once too. Without a cache or a snapshot every call asks the database.
     """
 
-    def __init__(self, sessions: sessionmaker) -> None:
-        self.sessions = sessions
+    def __init__(self, sessions: sessionmaker, cache: EpochCache | None = None) -> None:
+        self.sessions, self.cache = sessions, cache
 
-    def device_id(self, token: str) -> int | None:
+    def device_id(self, token: str, snap: Snapshot | None = None) -> int | None:
         if not token or len(token) > 256:
             return None
-        with self.sessions() as s:
-            return s.scalars(select(Device.id).where(Device.token_hash == hash_token(token))).first()
+        digest = hash_token(token)
+
+        def lookup() -> int | None:
+            with self.sessions() as s:
+                return s.scalars(select(Device.id).where(Device.token_hash == digest)).first()
+
+        if self.cache is None or snap is None:
+            return lookup()
+        return self.cache.get(snap, TOKENS, digest, lookup, cache_none=False)
 
 
 MIN_ADMIN_TOKEN = 16

@@ -45,7 +45,8 @@ def service_config(args: argparse.Namespace) -> Any:
                          args.device_quota, RateLimit(args.rate, args.burst), args.release_cache, admin_token=admin,
                          shared_limits=args.workers > 1 or args.shared_limits,
                          ticker=TickerConfig(args.rollout_tick, args.retention_days), auto_retrain=auto,
-                         signing_key_path=Path(args.key) if args.key else None, worker_header=args.workers > 1)
+                         signing_key_path=Path(args.key) if args.key else None, worker_header=args.workers > 1,
+                         fast_poll=not getattr(args, "no_fast_poll", False))
 
 
 def app_from_env() -> Any:
@@ -63,7 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cloud.service.server import ServerLimits, uvicorn_config
 
     config = service_config(args)  # validated here, before any worker starts
-    limits = ServerLimits(args.max_header_bytes, args.header_timeout, args.keep_alive, args.max_concurrency)
+    limits = ServerLimits(args.max_header_bytes, args.header_timeout, args.keep_alive, args.max_concurrency,
+                          args.backlog)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: put a TLS reverse proxy in front; device tokens travel in clear")
     if args.workers == 1:
@@ -223,7 +225,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=500, help="samples per upload")
     p.add_argument("--device-quota", type=int, default=1_000_000, help="samples stored per device")
     p.add_argument("--release-cache", type=float, default=1.0,
-                   help="seconds a channel's release is cached (a publish reaches devices this much later)")
+                   help="seconds a publish, promote or revocation may take to reach 'unchanged' (304) "
+                        "answers, in every worker and host; every other answer sees it at once")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.add_argument("--admin-token-file", default=None,
                    help="file holding the admin token that guards the dashboard, /v1/versions, /docs and the admin "
@@ -235,6 +238,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection is kept")
     p.add_argument("--max-concurrency", type=int, default=512,
                    help="connections and requests in flight; beyond, 503")
+    p.add_argument("--no-fast-poll", action="store_true",
+                   help="answer unchanged-release polls through the full route too (slower; to compare)")
+    p.add_argument("--backlog", type=int, default=2048,
+                   help="connections the kernel queues before the server accepts them (a fleet reconnecting "
+                        "at once overflows a short queue, and each dropped SYN costs a device 1-7 s)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes on the one port; rate limits then live in the database")
     p.add_argument("--shared-limits", action="store_true",

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Integer,
@@ -196,6 +197,32 @@ class AutoRetrain(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class ChangeCounter(Base):
+    """How often a kind of cached state changed (:mod:`cloud.service.epochs`): each server process caches
+    releases and device tokens until the counter moves, so every process and host sees a change at once."""
+
+    __tablename__ = "change_counters"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+COUNTERS = ("releases", "tokens")
+
+
+def seed_counters(engine: Engine) -> None:
+    """Create the change-counter rows (idempotent; several processes may start at once)."""
+    from sqlalchemy import insert, select
+    from sqlalchemy.exc import IntegrityError
+
+    for name in COUNTERS:
+        try:
+            with engine.begin() as conn:
+                if conn.execute(select(ChangeCounter.value).where(ChangeCounter.name == name)).first() is None:
+                    conn.execute(insert(ChangeCounter).values(name=name, value=0))
+        except IntegrityError:  # another process seeded it first
+            pass
+
+
 def database_url(data_dir: Path | str, url: str | None = None) -> str:
     """``url``, else ``$DATABASE_URL``, else a SQLite file in ``data_dir``."""
     url = url or os.environ.get("DATABASE_URL")
@@ -222,6 +249,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
     Base.metadata.create_all(engine)
     migrate(engine)
+    seed_counters(engine)
     return engine
 
 

@@ -19,9 +19,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.service.db import ChannelEntry, Statement, Version
+from cloud.service.epochs import install as install_change_counters
 from device.agent.updater import BUNDLE_FILES
 from device.errors import EdgeloopError
 from device.runtime.bundle import MANIFEST_NAME, read_manifest, write_bundle
+
+install_change_counters()  # every write to the release tables bumps the "releases" counter
 
 SOURCE_DIR = "source"  # model.keras + config.json of the run a version came from, for retraining
 

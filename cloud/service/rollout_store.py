@@ -20,8 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.service.db import ChannelEntry, Device, Event, Rollout, RolloutDecision, Summary
 from cloud.service.drift import add_summaries, drift_score
+from cloud.service.epochs import install as install_change_counters
 from cloud.service.rollout import ACTIVE, RolloutError, RolloutPlan, StageFigures, bucket, decide
 from cloud.service.summaries import summaries, version_profile
+
+install_change_counters()  # every write to the release tables bumps the "releases" counter
 
 BASELINE_WINDOW_S = 3600.0  # the previous version's field accuracy counts from this long before the rollout
 TRIED_EVENTS = ("updated", "rollback", "rejected")

@@ -128,6 +128,10 @@ class Runtime:
         lut = getattr(self._feeds[0].transform, "lut", None)
         one_table = lut is not None and lut.ndim == 1 and -1 not in shape
         self._uint8_lut = lut if covers_uint8 and one_table and not passthrough and len(self._feeds) == 1 else None
+        # a uint8 tensor fed raw pixels unchanged (int8 export with --io uint8 and the model's own Rescaling):
+        # the table maps every value to itself, so the image goes in as it is, without a pass over its pixels
+        self._uint8_identity = (self._uint8_lut is not None and self._uint8_lut.dtype == np.uint8
+                                and np.array_equal(self._uint8_lut, np.arange(256)))
         self._in_index = int(self._in_details[0]["index"])
         self._out_index = int(self._out_details[0]["index"])
 
@@ -267,6 +271,8 @@ class Runtime:
         """One-input models: raw input -> ``(model-ready batch, was_single)``; raises :class:`InputError`."""
         lut = self._uint8_lut
         if lut is not None and type(x) is np.ndarray and x.dtype == np.uint8 and x.shape in self._single_shapes:
+            if self._uint8_identity:
+                return np.ascontiguousarray(x).reshape(self._single_batch), True
             return lut.take(x.reshape(self._single_batch)), True
         if len(self._feeds) != 1:
             batches, single = self._feed_all(x)

@@ -58,6 +58,17 @@ def test_mobilenet_v2_int8_folds_batch_norm_and_takes_raw_pixels(tmp_path: Path)
     rt = Runtime(bundle)
     image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(next((shapes / "circle").iterdir())))
     assert image.shape == (96, 96, 3) and np.array_equal(rt.preprocess(image)[0][0], image)
+    # the image goes in as it is (an identity uint8 input: no table pass over its pixels); the oracle is raw LiteRT
+    from ai_edge_litert.interpreter import Interpreter
+
+    raw = Interpreter(model_path=str(bundle / "model.tflite"))
+    raw.allocate_tensors()
+    raw.set_tensor(raw.get_input_details()[0]["index"], image[None])
+    raw.invoke()
+    out = raw.get_output_details()[0]
+    scale, zero = out["quantization"]
+    expected = (raw.get_tensor(out["index"]).astype(np.float32) - zero) * scale
+    assert np.array_equal(rt.logits(image), expected[0])
     keras_out = np.asarray(model(image[None].astype(np.float32) / 255.0))[0]
     device = rt.logits(image)
     assert np.abs(keras_out).max() > 0.1  # a real signal to compare, not vanishing activations
