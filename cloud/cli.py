@@ -1,4 +1,4 @@
-"""``edgeloop cloud …``: train, export, ship-bundles.
+"""``edgeloop cloud …``: train, export, profile, ship-bundles.
 
 TensorFlow is imported inside the commands, after TF's own log level is set.
 """
@@ -228,6 +228,37 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from device.runtime.native_log import quiet_native_output
+
+    with quiet_native_output(stdout=False):  # LiteRT's XNNPACK INFO line
+        return _profile(args)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from cloud.export.profile import ProfileConfig, add_profile, reference_inputs
+    from device.errors import BundleError
+    from device.runtime.bundle import read_manifest
+
+    config = ProfileConfig(data=args.data, split=args.split)
+    bundle = Path(args.bundle)
+    if not bundle.is_dir():
+        raise BundleError(f"BUNDLE {bundle}: no such bundle directory")
+    try:
+        manifest = read_manifest(bundle)
+    except BundleError as exc:
+        raise BundleError(f"BUNDLE {exc}") from None
+    profile = add_profile(bundle, reference_inputs(manifest, config))
+    if args.json:
+        print(json.dumps({"bundle": str(bundle), "profile": profile}, indent=2))
+    else:
+        print(f"profile of {profile['samples']} samples ({args.data}, split {config.split}) written to "
+              f"{bundle / 'manifest.json'}: mean confidence {profile['mean_confidence']:.3f}, input mean "
+              f"{', '.join(f'{v:.2f}' for v in profile['input_mean'])}, std "
+              f"{', '.join(f'{v:.2f}' for v in profile['input_std'])}")
+    return 0
+
+
 def cmd_ship(args: argparse.Namespace) -> int:
     from cloud.export.ship import ShipConfig, ship_bundles
 
@@ -320,6 +351,16 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_shapes)
+
+    p = sub.add_parser("profile", help="record the reference data profile (drift monitoring) in an existing bundle")
+    p.add_argument("bundle", metavar="BUNDLE", help="an unsigned bundle directory (manifest.json + model.tflite)")
+    p.add_argument("--data", required=True,
+                   help="what to run the bundle's .tflite on: mnist5k, digits, an .npz, a .csv or an image folder")
+    p.add_argument("--split", default="all", choices=("all", "test"),
+                   help="all of --data, or the test split the bundle's training run held out and export verified on "
+                        "(from the manifest's source.train_config)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("ship-bundles", help="regenerate models/bundles (MNIST CNN, int8 and float32) from a seed")
     p.add_argument("--epochs", type=int, default=8)

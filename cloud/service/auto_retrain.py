@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,15 +37,27 @@ class AutoRetrainConfig:
 
 
 def retrain_process(data_dir: Path, database_url: str | None, channel: str) -> Callable[[int], None]:
-    """A launcher: ``edgeloop cloud retrain`` for ``channel`` in a detached child, logging to DATA/auto-retrain-V.log."""
+    """A launcher: ``edgeloop cloud retrain`` for ``channel`` in a detached child, logging to DATA/auto-retrain-vV.log.
+
+    A daemon thread waits for the child, so that it does not linger as a zombie in the long-running
+    server, and appends its exit status to the log (``exited with status N``; negative: killed by signal -N).
+    """
     def launch(version: int) -> None:
         cmd = [sys.executable, "-m", "edgeloop", "cloud", "retrain", "--data-dir", str(data_dir), "--channel", channel,
                "--out", str(Path(data_dir) / f"auto-retrain-v{version}"), "--json"]
         if database_url:
             cmd += ["--database-url", database_url]
-        with open(Path(data_dir) / f"auto-retrain-v{version}.log", "ab") as log:
-            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log_path = Path(data_dir) / f"auto-retrain-v{version}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=_reap, args=(proc, log_path), name=f"auto-retrain-v{version}", daemon=True).start()
     return launch
+
+
+def _reap(proc: subprocess.Popen, log_path: Path) -> None:
+    code = proc.wait()
+    with open(log_path, "a") as log:
+        log.write(f"auto-retrain: process {proc.pid} exited with status {code}\n")
 
 
 def check_drift_and_retrain(config: AutoRetrainConfig, sessions: Any, registry: Any, launch: Callable[[int], None],

@@ -580,11 +580,7 @@ def read_regular_file(path: Path | str, max_bytes: int, what: str = "file") -> b
 def read_manifest(bundle_dir: Path | str) -> Manifest:
     """Read and validate ``bundle_dir/manifest.json`` (a regular file of at most :data:`MAX_MANIFEST_BYTES`)."""
     path = Path(bundle_dir) / MANIFEST_NAME
-    try:
-        content = read_regular_file(path, MAX_MANIFEST_BYTES, "manifest")
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no manifest.json in this bundle directory") from None
-    data = load_json(content, str(path))
+    data = read_manifest_json(bundle_dir)
     try:
         return parse_manifest(data)
     except BundleError as exc:
@@ -630,6 +626,37 @@ def write_bundle(bundle_dir: Path | str, model: bytes, manifest: Manifest) -> Pa
     _atomic_write(out / manifest.model_file, model)
     _atomic_write(out / MANIFEST_NAME, (json.dumps(manifest.to_json(), indent=2) + "\n").encode("utf-8"))
     return out
+
+
+def read_manifest_json(bundle_dir: Path | str) -> dict[str, Any]:
+    """``bundle_dir/manifest.json`` decoded but not rebuilt: every field as written, in either format."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    try:
+        content = read_regular_file(path, MAX_MANIFEST_BYTES, "manifest")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no manifest.json in this bundle directory") from None
+    data = load_json(content, str(path))
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def write_manifest_json(bundle_dir: Path | str, data: Mapping[str, Any]) -> Manifest:
+    """Validate ``data`` and write it as ``manifest.json``, atomically and as it is (a v1 manifest stays v1).
+
+    For a change to a manifest that leaves the model alone, such as adding a ``profile``; the
+    manifest's sha256 and size must still describe the bundle's model file.
+    """
+    path = Path(bundle_dir) / MANIFEST_NAME
+    try:
+        manifest = parse_manifest(data)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    model = Path(bundle_dir) / manifest.model_file
+    if not model.is_file() or sha256_bytes(model.read_bytes()) != manifest.sha256:
+        raise BundleError(f"{path}: model.sha256 does not describe {model}; the manifest was not written")
+    _atomic_write(path, (json.dumps(json_safe(dict(data)), indent=2) + "\n").encode("utf-8"))
+    return manifest
 
 
 def _atomic_write(path: Path, content: bytes) -> None:

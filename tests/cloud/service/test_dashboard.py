@@ -85,6 +85,8 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
                 empty = [c.get_attribute("data-chart") for c in page.locator("svg[data-chart]:has(.no-data)").all()]
                 confidence = page.locator("svg[data-chart=confidence] g[data-series]").all()
                 series = sorted(g.get_attribute("data-series") for g in confidence)
+                drift = sorted(g.get_attribute("data-series")
+                               for g in page.locator("svg[data-chart=drift] g[data-series]").all())
                 title = page.title()
                 versions = page.locator("#versions tr[data-version]").all_inner_texts()
                 devices = page.locator("#devices tr[data-device]").all_inner_texts()
@@ -114,12 +116,13 @@ def test_dashboard_shows_versions_devices_and_accuracy(tmp_path: Path) -> None:
     # the plots: drawn on the server (every request went to the service, none to a CDN), each with data
     assert requested and all(u.startswith(svc.url) for u in requested), requested
     assert set(charts) == {"rollouts", "drift", "confidence", "samples", "accuracy"}
-    assert empty == ["drift"]  # the shipped bundles carry no reference profile, so no PSI
+    assert empty == []  # the shipped bundles carry a reference profile, so the summaries have a PSI
     assert series == [f"v{v1.version}", f"v{v2.version}"]
+    assert drift == series
 
     def region(name: str) -> np.ndarray:
         b = charts[name]
         return pixels[int(b["y"]):int(b["y"] + b["height"]), int(b["x"]):int(b["x"] + b["width"])]
-    for name in ("rollouts", "confidence", "samples", "accuracy"):
+    for name in ("rollouts", "drift", "confidence", "samples", "accuracy"):
         assert has((0x0B, 0x53, 0x94), region(name)), name  # the first series' colour, or the bars'
     assert has((0xE6, 0x91, 0x38), region("confidence"))  # the second version's line
