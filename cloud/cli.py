@@ -156,7 +156,21 @@ def _core_args(p: argparse.ArgumentParser) -> None:
                    help="Flower SecAgg+: the server sees only the mean of the updates (aggregator mean, no DP)")
 
 
+def _async_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """FedBuff's knobs for real rounds, shared by fl-server and deploy-local (the simulator's are spelled the same)."""
+    g = p.add_argument_group("asynchronous rounds (FedBuff)")
+    g.add_argument("--mode", choices=("sync", "async"), default="sync",
+                   help="async: no round barrier; a new model every --buffer-size replies (--rounds counts those steps)")
+    g.add_argument("--concurrency", type=int, default=None, help="async: devices training at once (default: every device; fl-server: --min-clients)")
+    g.add_argument("--buffer-size", type=int, default=2, help="async: replies per server step (K)")
+    g.add_argument("--staleness", default="polynomial:0.5", help="async: constant, polynomial:A or hinge:A:B")
+    g.add_argument("--max-staleness", type=int, default=None, help="async: refuse (and count) staler updates")
+    return g
+
+
 def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
+    from dataclasses import replace
+
     from cloud.fl.server import FLServerConfig
 
     core = {"strategy": args.strategy, "aggregator": args.aggregator, "server_lr": args.server_lr,
@@ -164,10 +178,16 @@ def fl_server_config(args: argparse.Namespace, out: str, bundle: str):
     if args.dp_clip is not None:
         core["dp"] = {"clip_norm": args.dp_clip, "noise_multiplier": args.dp_noise}
     min_clients = args.min_clients or getattr(args, "clients", None) or 1
-    return FLServerConfig(out=out, bundle=bundle, rounds=args.rounds, min_clients=min_clients,
-                          local_epochs=args.local_epochs, round_timeout_s=args.round_timeout,
-                          eval_data=getattr(args, "eval_data", None), seed=args.seed, core=core,
-                          secure_aggregation=args.secure_aggregation)
+    config = FLServerConfig(out=out, bundle=bundle, rounds=args.rounds, min_clients=min_clients,
+                            local_epochs=args.local_epochs, round_timeout_s=args.round_timeout,
+                            eval_data=getattr(args, "eval_data", None), seed=args.seed, core=core,
+                            secure_aggregation=args.secure_aggregation)
+    if getattr(args, "mode", "sync") == "async":
+        config = replace(config, mode="async", buffer={
+            "buffer_size": args.buffer_size,
+            "concurrency": args.concurrency or getattr(args, "clients", None) or min_clients,
+            "staleness": args.staleness, "max_staleness": args.max_staleness})
+    return config
 
 
 def cmd_fl_server(args: argparse.Namespace) -> int:
@@ -341,6 +361,7 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--ssl-ca-certfile", default=None, help="TLS: the CA certificate (clients get it)")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     _core_args(p)
+    _async_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fl_server)
 

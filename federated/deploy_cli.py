@@ -20,20 +20,14 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
                           data=args.data, model=args.model, bundle=args.bundle, partition=args.partition,
                           seed=args.seed, timeout_s=args.timeout, tls=args.tls, slow_clients=args.slow_clients,
                           slow_delay_s=(args.slow_factor - 1.0) * args.slow_base_s)
-    server = fl_server_config(args, out, "")
-    if args.mode == "async":
-        from dataclasses import replace
-
-        server = replace(server, mode="async", buffer={
-            "buffer_size": args.buffer_size, "concurrency": args.concurrency or args.clients,
-            "staleness": args.staleness, "max_staleness": args.max_staleness})
+    server = fl_server_config(args, out, "")  # --mode async: concurrency defaults to every client
     result = deploy_local(config, server, on_event=None if args.json else lambda m: print(m, flush=True))
     _print_rounds(result, args.json, Path(out))
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from cloud.cli import _core_args
+    from cloud.cli import _async_args, _core_args
 
     p = sub.add_parser("deploy-local", help="1 Flower server + N device processes on loopback, each with its own data")
     p.add_argument("--clients", type=int, default=3)
@@ -47,13 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--tls", action="store_true", help="TLS between devices and server (a throwaway CA for 127.0.0.1)")
     _core_args(p)
-    g = p.add_argument_group("asynchronous rounds (FedBuff) and slow devices")
-    g.add_argument("--mode", choices=("sync", "async"), default="sync",
-                   help="async: no round barrier; a new model every --buffer-size replies (--rounds counts those steps)")
-    g.add_argument("--concurrency", type=int, default=None, help="async: devices training at once (default: all)")
-    g.add_argument("--buffer-size", type=int, default=2, help="async: replies per server step (K)")
-    g.add_argument("--staleness", default="polynomial:0.5", help="async: constant, polynomial:A or hinge:A:B")
-    g.add_argument("--max-staleness", type=int, default=None, help="async: refuse (and count) staler updates")
+    g = _async_args(p)
     g.add_argument("--slow-clients", type=int, default=0, help="the last N devices are slowed by an injected delay")
     g.add_argument("--slow-factor", type=float, default=5.0,
                    help="a slow device takes this many times a normal device's --slow-base-s per update")

@@ -342,3 +342,20 @@ def test_async_device_killed_mid_training_costs_only_its_update_and_server_resum
     # the dead device never contributed; the two live ones did (they rejoin the new SuperLink as new nodes)
     assert len(victim_node) == 1 and not victim_node & {c for r in steps for c in r["accepted"]}
     assert len({c for r in steps[:done] for c in r["accepted"]}) == 2
+
+
+def test_fl_server_takes_the_async_flags_that_deploy_local_takes(tmp_path: Path) -> None:
+    """Defect: ``cloud fl-server`` (a real server for real devices) had no ``--mode async``; only deploy-local did."""
+    from cloud.cli import build_parser, fl_server_config
+
+    args = build_parser().parse_args(["fl-server", "--bundle", "b", "--out", "o", "--min-clients", "3", "--mode", "async",
+                              "--buffer-size", "2", "--staleness", "hinge:2:4", "--max-staleness", "6"])
+    config = fl_server_config(args, "o", "b")
+    assert config.mode == "async" and config.buffer_config().buffer_size == 2
+    assert config.buffer_config().concurrency == 3 and config.buffer_config().max_staleness == 6  # default: min-clients
+    from tests.conftest import run_cli
+
+    done = run_cli("cloud", "fl-server", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "o"),
+                   "--mode", "async", "--buffer-size", "0", timeout=120)
+    assert done.returncode != 0 and "--buffer-size" in done.stderr + done.stdout and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
