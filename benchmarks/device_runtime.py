@@ -904,6 +904,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
     parser.add_argument("--only-mobilenet", action="store_true",
                         help="only the MobileNetV2 int8/uint8 row (writes benchmarks/results/device_runtime_mobilenet.json)")
+    parser.add_argument("--only-multi-output", action="store_true",
+                        help="only the multi-output third-party model row (writes device_runtime_multi_output.json)")
     return parser.parse_args(argv)
 
 
@@ -919,6 +921,16 @@ def main(argv: list[str] | None = None) -> int:
                                    "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
                                    "machine": {"cpu": cpu_model(), "python": platform.python_version()},
                                    "mobilenet_v2": mobilenet}, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {out}")
+        return 0
+    if args.only_multi_output:
+        multi = measure_multi_output(settings)
+        console.print(multi_output_table(multi))
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("device_runtime_multi_output.json")
+        out.write_text(json.dumps({"benchmark": "device_runtime/multi_output", "quick": args.quick,
+                                   "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                                   "machine": {"cpu": cpu_model(), "python": platform.python_version()},
+                                   "multi_output": multi}, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
         return 0
     console.print(f"[bold]edgeloop device runtime benchmark[/] ({'quick' if args.quick else 'full'} run)")

@@ -202,16 +202,25 @@ def bench_speed(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_ray(quick: bool) -> dict[str, Any]:
-    """Local vs Ray with 1 and 2 workers on each workload, each (workload, engine) in its own driver process."""
+def bench_ray(quick: bool, workloads: str | None = None, engines: str | None = None) -> dict[str, Any]:
+    """Local vs Ray with 1 and 2 workers on each workload, each (workload, engine) in its own driver process.
+
+    ``workloads``: keep those whose name contains this text (e.g. ``CNN``); ``engines``: a comma-separated
+    subset of local, ray-1, ray-2 (the first given is the reference for weights)."""
     import tempfile
 
     rounds = 3 if quick else 6
+    chosen = [w for w in RAY_WORKLOADS if not workloads or workloads.lower() in w.lower()]
+    engine_list = tuple(engines.split(",")) if engines else RAY_ENGINES
+    unknown = sorted(set(engine_list) - set(RAY_ENGINES))
+    if unknown or not chosen:
+        raise SystemExit(f"--ray-engines takes {', '.join(RAY_ENGINES)} (got {unknown}); --ray-workloads matches "
+                         f"{list(RAY_WORKLOADS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for workload in RAY_WORKLOADS:
+        for workload in chosen:
             local_w = None
-            for engine in RAY_ENGINES:
+            for engine in engine_list:
                 console.print(f"ray: {workload}, {engine} …")
                 wpath = str(Path(tmp) / f"w-{len(rows)}.npz")
                 cmd = [sys.executable, __file__, "--worker", "ray", "--workload", workload, "--engine", engine,
@@ -427,6 +436,8 @@ def main() -> int:
     parser.add_argument("--part", choices=("all", "speed", "table", "compression", "ray"), default="all")
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--cap", type=int, default=600)
+    parser.add_argument("--ray-workloads", default=None, help="--part ray: only workloads whose name contains this")
+    parser.add_argument("--ray-engines", default=None, help="--part ray: a subset of local,ray-1,ray-2")
     parser.add_argument("--worker", choices=("sim", "naive", "ray"), help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
@@ -462,7 +473,7 @@ def main() -> int:
         console.print(f"FedAvg table: rounds to {args.target:.0%} (cap {cap}) …")
         table = bench_table(args.target, cap, args.quick)
     comp = bench_compression(args.quick) if args.part in ("all", "compression") else []
-    ray = bench_ray(args.quick) if args.part in ("all", "ray") else {}
+    ray = bench_ray(args.quick, args.ray_workloads, args.ray_engines) if args.part in ("all", "ray") else {}
     if ray:
         t = Table(title="local vs Ray engine (s/round, rounds 2+)")
         for col in ("workload", "engine", "s/round", "vs local", "driver RSS MiB", "worker RSS MiB", "max |Δw|"):
