@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_size=parse_image_size(args.image_size) if args.image_size else None,
         color=args.color,
-        label_column=args.label_column,
+        label_column=_label_column(args.label_column),
     )
     out = Path(args.out or f"runs/{Path(config.data).stem}-{config.model}")
 
@@ -61,6 +61,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_column(values: list[str] | None) -> str | None:
+    """``--label-column`` given once or repeated, each possibly comma-separated: one comma-separated string."""
+    return ",".join(values) if values else None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from device.runtime.native_log import quiet_native_output
 
@@ -76,13 +81,13 @@ def _source_options(args: argparse.Namespace):
         data=args.data, labels=args.labels, task=args.task,
         preprocess=parse_preprocess(args.preprocess) if args.preprocess else None,
         image_size=parse_image_size(args.image_size) if args.image_size else None,
-        color=args.color, label_column=args.label_column,
+        color=args.color, label_column=_label_column(args.label_column),
     )
 
 
 def _export(args: argparse.Namespace) -> int:
     from cloud.export.exporter import ExportConfig, export_all_modes, export_bundle, load_run
-    from cloud.export.report import plot_accuracy_vs_size, print_table, write_json
+    from cloud.export.report import metrics_text, plot_accuracy_vs_size, print_table, write_json
 
     if args.io is not None and not args.all_modes and args.mode != "int8":
         raise ValueError(f"--io sets the tensor type of an int8 export; --mode is {args.mode}")
@@ -102,11 +107,9 @@ def _export(args: argparse.Namespace) -> int:
             print(json.dumps({"bundle": str(target), **verification.to_json()}, indent=2, default=str))
         else:
             v = verification
-            accuracy = (f"accuracy {100 * v.tflite_accuracy:.2f}% (Keras {100 * v.keras_accuracy:.2f}%), "
-                        f"top-1 agreement {100 * v.top1_agreement:.2f}%, " if run.task == "classification" else "")
             print(f"{config.mode} bundle ({run.task}, {run.kind}, {config.io_for(run.splits.train.layout)} input) "
                   f"verified on {v.samples} samples and written to {target}: {v.size_bytes / 1024:.1f} KiB, "
-                  f"{accuracy}max |Δ output| {v.max_abs_logit_diff:.2e}, "
+                  f"{metrics_text(v)}max |Δ output| {v.max_abs_logit_diff:.2e}, "
                   f"median latency {v.median_latency_ms:.3f} ms ({v.backend})")
         return 0
     results = export_all_modes(run, out_root, config,
@@ -120,7 +123,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"modes": rows}, indent=2))
     else:
-        print_table(rows, title)
+        print_table(rows, title, run.task)
         print(f"report: {out_root / 'export-report.json'}, plot: {out_root / 'export-report.png'}")
     return 0 if all(r["passed"] for r in rows) else 1
 
@@ -301,7 +304,8 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
     p.add_argument("--image-size", default=None, help="image folders: HxW (default: the images' own, most common)")
     p.add_argument("--color", default=None, choices=("rgb", "grayscale"),
                    help="image folders (default: rgb if any image has colour)")
-    p.add_argument("--label-column", default=None, help="CSV: the label column (default 'label', or the last)")
+    p.add_argument("--label-column", default=None, action="append", metavar="NAME",
+                   help="CSV: the label column (default 'label', or the last); train fits classifiers on one")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -332,7 +336,10 @@ def build_parser(prog: str = "edgeloop cloud") -> argparse.ArgumentParser:
                    help="int8 mode: the input/output tensor type (default uint8 for image models, else int8)")
     p.add_argument("--image-size", default=None, help="image folder --data: HxW (default: the model's input)")
     p.add_argument("--color", default=None, choices=("rgb", "grayscale"), help="image folder --data")
-    p.add_argument("--label-column", default=None, help="CSV --data: the label column")
+    p.add_argument("--label-column", default=None, action="append", metavar="NAME",
+                   help="CSV --data: the label column (default 'label', or the last); several, comma-separated or "
+                        "the flag repeated, give multi-hot (0/1, --task multilabel) or float (--task regression) "
+                        "targets")
     p.add_argument("--no-metadata", action="store_true", help="do not embed TFLite metadata in the .tflite")
     p.add_argument("--all-modes", action="store_true", help="export every mode; print, save and plot a table")
     p.add_argument("--compat", default="litert", choices=("litert", "tflite-runtime"),

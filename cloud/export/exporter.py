@@ -23,6 +23,7 @@ from cloud.errors import ExportVerificationError
 from cloud.export.profile import add_profile
 from cloud.export.quantize import COMPATS, IO_TYPES, convert
 from cloud.export.source import SourceOptions, TrainedRun, keras_logits, load_source  # noqa: F401 (re-exported)
+from cloud.export.targets import has_targets
 from cloud.export.verify import TOLERANCES, Tolerance, Verification, verify_bundle
 from cloud.train.training import TrainConfig
 from device.runtime.bundle import (
@@ -193,8 +194,9 @@ def export_bundle(run: TrainedRun, out_dir: Path | str, config: ExportConfig) ->
     try:
         write_bundle(staging, tflite, manifest)
         test = run.splits.test
-        verification = verify_bundle(staging, run.keras_test_logits, test.x, test.y, config.mode,
-                                     config.tolerance or TOLERANCES[config.mode], task=run.task)
+        verification = verify_bundle(staging, run.keras_test_logits, test.x,
+                                     test.y if has_targets(test, run.task) else None, config.mode,
+                                     config.tolerance or TOLERANCES[config.mode], task=run.task, kind=run.kind)
         if not verification.passed:
             raise ExportVerificationError(
                 f"{config.mode} export of {run.checkpoint} failed verification on {verification.samples} test "
@@ -263,6 +265,7 @@ class ModeResult:
             "passed": self.error is None,
             "error": self.error,
             **({} if v is None else {
+                "task": v.task,
                 "size_bytes": v.size_bytes,
                 "accuracy": v.tflite_accuracy,
                 "keras_accuracy": v.keras_accuracy,
@@ -270,6 +273,9 @@ class ModeResult:
                 "max_abs_logit_diff": v.max_abs_logit_diff,
                 "top1_agreement": v.top1_agreement,
                 "median_latency_ms": v.median_latency_ms,
+                **{name: getattr(v, name) for name in ("tflite_exact_match", "keras_exact_match", "tflite_mae",
+                                                        "keras_mae", "tflite_rmse", "keras_rmse")},
+                "target_values": v.target_values,
             }),
         }
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cloud.errors import CheckpointError, DataError, ExportVerificationError
+from cloud.export.targets import fit_targets
 from cloud.train.data import Dataset
 from cloud.train.training import Splits, TrainConfig, absolute_data, make_splits, read_config
 
@@ -58,9 +59,23 @@ class Preprocess:
         return (mean, std)
 
     def describe(self) -> str:
+        """One line for people, the values to 4 significant digits (the manifest keeps them all)."""
         if self.kind == "standardize":
-            return f"standardize (raw - {list(self.mean)}) / {list(self.std)}"
+            return f"standardize {describe_normalization(self.normalization)}"
         return {"none": "none (raw values)", "scale": "scale (raw / 255)"}[self.kind]
+
+
+def _round(value: Any) -> str:
+    """A number, or a per-channel list of them, to 4 significant digits: ``[0.1307, 0.3081]``."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return "[" + ", ".join(f"{float(v):.4g}" for v in value) + "]"
+    return f"{float(value):.4g}"
+
+
+def describe_normalization(normalization: tuple[Any, Any]) -> str:
+    """``(raw - mean) / std`` for people, rounded to 4 significant digits."""
+    mean, std = normalization
+    return f"(raw - {_round(mean)}) / {_round(std)}"
 
 
 def parse_preprocess(values: Sequence[str]) -> Preprocess:
@@ -284,8 +299,10 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
     expected = tuple(model.input_shape[1:])
     got = splits.train.sample_shape
     if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
-        raise DataError(f"{config.data}: samples have shape {got} but the model takes {expected}"
-                        + (" (use --image-size HxW and --color)" if len(got) == 3 else ""))
+        hint = " (use --image-size HxW and --color)" if len(got) == 3 else ""
+        if config.data.lower().endswith(".csv"):
+            hint = " (the features are every column but the label columns: --label-column names all of them, comma-separated)"
+        raise DataError(f"{config.data}: samples have shape {got} but the model takes {expected}{hint}")
 
     labels = read_labels(options.labels) if options.labels else None
     outputs = int(model.output_shape[-1]) if not isinstance(model.output_shape, list) else int(model.output_shape[0][-1])
@@ -293,8 +310,12 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
     task, kind = task_and_kind(activation, options.task)
     notes.append(f"output: final activation {activation} → {kind} (task {task})"
                  + ("" if options.task else "; --task overrides"))
-    if labels is not None:
-        if task in ("classification", "multilabel") and len(labels) != outputs:
+    fitted = [fit_targets(ds, task, outputs, config.data) for ds in (splits.train, splits.validation, splits.test)]
+    splits = Splits(*(ds for ds, _ in fitted))
+    if fitted[0][1]:
+        notes.append(fitted[0][1])
+    if labels is not None and task in ("classification", "multilabel"):  # a regression has no labels
+        if len(labels) != outputs:
             raise DataError(f"{options.labels}: {len(labels)} labels but the model has {outputs} outputs")
         if task == "classification" and len(labels) < len(splits.train.labels):
             raise DataError(f"{options.labels}: {len(labels)} labels but the data has {len(splits.train.labels)} classes")
@@ -316,13 +337,16 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
         pre, why = Preprocess("scale"), "uint8 data and no normalization layer in the model; --preprocess overrides"
     else:
         pre, why = Preprocess("none"), "float data and no normalization layer in the model; --preprocess overrides"
+    channels = splits.train.sample_shape[-1] if splits.train.sample_shape else 1
+    if pre is not None and pre.kind == "standardize" and {len(pre.mean), len(pre.std)} - {1, channels}:
+        raise ValueError(f"--preprocess standardize: MEAN has {len(pre.mean)} values and STD {len(pre.std)}; "
+                         f"{config.data} has {channels} channels (the last axis): give 1 or {channels} of each")
     if pre is not None:
         splits = Splits(*(replace(ds, normalization=pre.normalization)
                           for ds in (splits.train, splits.validation, splits.test)))
         described = pre.describe()
     else:
-        mean, std = splits.train.normalization
-        described = f"(raw - {mean}) / {std}"
+        described = describe_normalization(splits.train.normalization)
     notes.append(f"preprocessing: {described} ({why})")
 
     logits = keras_logits(model, splits.test)

@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     image_size: tuple[int, int] | None = None  # image folders: None = the images' own size
     color: str | None = None  # image folders: rgb | grayscale; None = RGB if any image has colour
-    label_column: str | None = None  # CSV: the label column; None = "label" or the last column
+    label_column: str | None = None  # CSV: the label column(s), comma-separated; None = "label" or the last column
 
     def __post_init__(self) -> None:
         if self.image_size is not None:
@@ -268,9 +268,14 @@ def read_config(run_dir: Path | str) -> TrainConfig:
 
 
 def check_model_fits(model: str, splits: Splits) -> None:
-    """Raise ValueError (naming the model and the data's layout) when a registry model cannot take the data."""
+    """Raise ValueError (naming the model and the data's layout) when a registry model cannot take the
+    data, or the data has no class labels to train a classifier on."""
     from models.registry import get_model
 
+    if splits.train.targets != "classes":
+        task = "multilabel" if splits.train.targets == "multihot" else "regression"
+        raise ValueError(f"--data {splits.train.name} holds {splits.train.describe_targets()}; train fits classifiers "
+                         f"on class labels: train your own model and export it with --data and --task {task}")
     spec = get_model(model)
     layout = splits.train.layout
     if spec.layouts and layout not in spec.layouts:

@@ -46,7 +46,8 @@ def test_npz_round_trip_and_errors(tmp_path: Path) -> None:
     cases = {
         "no_y.npz": dict(x=np.zeros((4, 8, 8))),
         "short_y.npz": dict(x=np.zeros((4, 8, 8)), y=np.zeros(3, int)),
-        "float_y.npz": dict(x=np.zeros((4, 8, 8)), y=np.zeros(4)),
+        "text_y.npz": dict(x=np.zeros((4, 8, 8)), y=np.array(["a"] * 4)),
+        "nan_y.npz": dict(x=np.zeros((4, 8, 8)), y=np.array([0.5, np.nan, 1, 2])),
         "flat_x.npz": dict(x=np.zeros(4), y=np.zeros(4, int)),
         "nan_x.npz": dict(x=np.full((4, 8, 8), np.nan), y=np.zeros(4, int)),
         "neg_y.npz": dict(x=np.zeros((4, 8, 8)), y=-np.ones(4, int)),

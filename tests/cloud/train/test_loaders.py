@@ -129,3 +129,86 @@ def test_data_path_is_stored_absolute_and_export_works_from_elsewhere(tmp_path: 
     monkeypatch.chdir(tmp_path)
     assert cli.main(["export", "work/run", "--mode", "float32", "--out", "bundle", "--json"]) == 0
     assert (tmp_path / "bundle" / "model.tflite").is_file()
+
+
+def _write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_csv_integral_float_labels_are_class_indices(tmp_path: Path) -> None:
+    # Regression: a label column of 0.0000 / 1.0000 became the class names "0.0000" and "1.0000".
+    rows = [f"{i},{i % 3},{i % 2:.4f}" for i in range(8)]
+    ds = load_csv(_write_csv(tmp_path / "f.csv", "a,b,label", rows))
+    assert ds.targets == "classes" and ds.labels == ("0", "1") and ds.y.tolist() == [0, 1] * 4
+    assert "2 classes" in ds.note
+    # -1 / 1 (no indices) are class names, in numeric order
+    signed = load_csv(_write_csv(tmp_path / "s.csv", "a,label", [f"{i},{(-1, 1)[i % 2]}.0" for i in range(6)]))
+    assert signed.labels == ("-1", "1") and signed.y.tolist() == [0, 1] * 3
+    # text stays text
+    assert load_csv(_write_csv(tmp_path / "t.csv", "a,label", ["1,cat", "2,dog"])).labels == ("cat", "dog")
+
+
+def test_csv_non_integral_labels_are_float_targets(tmp_path: Path) -> None:
+    ds = load_csv(_write_csv(tmp_path / "r.csv", "a,b,price", [f"{i},{2 * i},{0.25 * i}" for i in range(8)]))
+    assert ds.targets == "values" and ds.y.dtype == np.float32 and ds.y.tolist() == [0.25 * i for i in range(8)]
+    assert ds.labels == ("price",) and ds.x.shape == (8, 2) and "float targets (N,) (price)" in ds.note
+    with pytest.raises(DataError, match="non-finite"):
+        load_csv(_write_csv(tmp_path / "nan.csv", "a,label", ["1,0.5", "2,nan"]))
+
+
+def test_csv_several_label_columns_give_multihot_or_float_targets(tmp_path: Path) -> None:
+    rows = [f"{i},{i % 2},{0.5 * i},{(i // 2) % 2}" for i in range(8)]
+    path = _write_csv(tmp_path / "m.csv", "f0,cat,f1,dog", rows)
+    ds = load_csv(path, "cat,dog")
+    assert ds.targets == "multihot" and ds.labels == ("cat", "dog") and ds.y.shape == (8, 2)
+    assert ds.y.tolist() == [[i % 2, (i // 2) % 2] for i in range(8)] and ds.x[:, 1].tolist() == [0.5 * i for i in range(8)]
+    assert "multi-hot targets over 2 labels (cat, dog)" in ds.note
+    # not 0/1 everywhere: regression values, one column each
+    values = load_csv(path, "f1,dog")
+    assert values.targets == "values" and values.y.shape == (8, 2) and values.labels == ("f1", "dog")
+    assert load_dataset(str(path), options=DataOptions(label_column="cat,dog")).targets == "multihot"
+    with pytest.raises(DataError, match="no label column 'nope'; the columns are f0, cat, f1, dog"):
+        load_csv(path, "cat,nope")
+    _write_csv(tmp_path / "txt.csv", "f0,a,b", ["1,0,x", "2,1,y"])
+    with pytest.raises(DataError, match=r"column 'b' holds text \('x'\)"):
+        load_csv(tmp_path / "txt.csv", "a,b")
+    with pytest.raises(DataError, match="names a column twice"):
+        load_csv(path, "cat,cat")
+    with pytest.raises(DataError, match="no feature columns"):
+        load_csv(_write_csv(tmp_path / "all.csv", "a,b", ["0,1", "1,0"]), "a,b")
+
+
+def test_npz_multihot_and_float_targets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)).astype(np.float32)
+    multihot = (rng.random((12, 3)) > 0.5).astype(np.uint8)
+    np.savez(tmp_path / "ml.npz", x=x, y=multihot, labels=np.array(["a", "b", "c"]))
+    ml = load_npz(tmp_path / "ml.npz")
+    assert ml.targets == "multihot" and ml.labels == ("a", "b", "c") and np.array_equal(ml.y, multihot)
+    values = rng.normal(size=(12, 2)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x=x, y=values)
+    reg = load_npz(tmp_path / "reg.npz")
+    assert reg.targets == "values" and np.array_equal(reg.y, values) and reg.target_width == 2
+    np.savez(tmp_path / "reg1.npz", x=x, y=values[:, 0])
+    assert load_npz(tmp_path / "reg1.npz").targets == "values"
+    np.savez(tmp_path / "intf.npz", x=x, y=np.arange(12) % 3 * 1.0)  # integral floats: classes
+    assert load_npz(tmp_path / "intf.npz").targets == "classes"
+    # splits are seeded, and stratified only where there are classes
+    from cloud.train.data import stratified_split
+
+    rest, held = stratified_split(reg, 0.25, seed=0)
+    assert len(held) == 3 and len(rest) == 9 and held.targets == "values"
+    np.savez(tmp_path / "bad.npz", x=x, y=multihot, labels=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="2 labels for 3 target columns"):
+        load_npz(tmp_path / "bad.npz")
+
+
+def test_train_refuses_targets_that_are_not_classes(tmp_path: Path, capsys) -> None:
+    from cloud import cli
+
+    _write_csv(tmp_path / "r.csv", "a,b,price", [f"{i},{2 * i},{0.25 * i}" for i in range(20)])
+    rc = cli.main(["train", "--model", "mlp", "--data", str(tmp_path / "r.csv"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "float targets (N,) (price)" in err and "--task regression" in err
+    assert not (tmp_path / "run").exists()
