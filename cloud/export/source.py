@@ -20,7 +20,7 @@ import numpy as np
 
 from cloud.errors import CheckpointError, DataError, ExportVerificationError
 from cloud.export.targets import fit_targets
-from cloud.train.data import Dataset
+from cloud.train.data import Dataset, load_dataset
 from cloud.train.training import Splits, TrainConfig, absolute_data, make_splits, read_config
 
 PREPROCESS_KINDS = ("none", "scale", "standardize")
@@ -248,6 +248,18 @@ def _load_keras(path: Path) -> Any:
         raise CheckpointError(f"{path}: cannot load this Keras model ({type(exc).__name__}: {str(exc).strip()[:300]})") from None
 
 
+def _run_normalization(run_dir: Path) -> tuple[Any, Any] | None:
+    """The normalization a run's model was trained with (its own data's), or None if that data is gone.
+
+    Exporting a run with new ``--data`` must feed the model inputs on the scale it learned, not the
+    new data's own statistics or none at all (a float model then sits at chance and is refused)."""
+    config = read_config(run_dir)
+    try:
+        return load_dataset(config.data, seed=config.seed, options=config.data_options).normalization
+    except (DataError, OSError, ValueError):
+        return None
+
+
 def load_source(path: Path | str, options: SourceOptions | None = None) -> TrainedRun:
     """Load a run directory, a ``.keras`` or an ``.h5`` file, with its data split as training split it."""
     options = options or SourceOptions()
@@ -327,12 +339,16 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
         splits = Splits(*(replace(ds, labels=generic) for ds in (splits.train, splits.validation, splits.test)))
 
     own = preprocessing_layers(model)
+    trained_with = _run_normalization(path) if from_run and options.data is not None and not own else None
     if options.preprocess is not None:
         pre, why = options.preprocess, "--preprocess"
     elif own:
         pre, why = Preprocess("none"), f"the model normalizes its own input: {', '.join(own)}"
     elif from_run and options.data is None:
         pre, why = None, "as the run was trained"
+    elif trained_with is not None:  # new data, the model's old input scale: normalize as the run's training data was
+        splits = Splits(*(replace(ds, normalization=trained_with) for ds in (splits.train, splits.validation, splits.test)))
+        pre, why = None, "as the run was trained, from its training data; --preprocess overrides"
     elif splits.train.x.dtype == np.uint8:
         pre, why = Preprocess("scale"), "uint8 data and no normalization layer in the model; --preprocess overrides"
     else:

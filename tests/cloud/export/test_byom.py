@@ -117,3 +117,35 @@ def test_all_modes_table_prints_the_whole_reason(capsys) -> None:
     print_table([{"mode": "int8", "passed": False, "error": reason}], "title")
     printed = " ".join(capsys.readouterr().out.split())
     assert reason in printed
+
+
+def test_a_run_exported_with_new_float_data_is_normalized_as_it_was_trained(tmp_path: Path) -> None:
+    """Defect: exporting a training run with a new ``--data`` of float vectors normalized them not at all
+    ("--preprocess none"), though the model learned on its training data's per-feature standardization:
+    the Keras model then sat at chance on the verification data and the export was refused."""
+    from cloud.export.exporter import ExportConfig, export_bundle, load_run
+    from cloud.export.source import SourceOptions
+    from cloud.train.training import TrainConfig, train
+    from device.runtime.runtime import Runtime
+
+    rng = np.random.default_rng(0)
+
+    def sensors(n: int) -> tuple[np.ndarray, np.ndarray]:  # two classes, far from zero mean and unit scale
+        y = rng.integers(0, 2, n)
+        x = rng.normal(500.0, 20.0, (n, 6)).astype(np.float32) + (y[:, None] * 30.0).astype(np.float32)
+        return x, y
+
+    x, y = sensors(600)
+    np.savez(tmp_path / "old.npz", x=x, y=y)
+    train(TrainConfig(model="mlp", data=str(tmp_path / "old.npz"), epochs=8, patience=None, seed=0), tmp_path / "run",
+          progress=False)
+    x_new, y_new = sensors(300)
+    np.savez(tmp_path / "new.npz", x=x_new, y=y_new)
+    run = load_run(tmp_path / "run", SourceOptions(data=str(tmp_path / "new.npz")))
+    assert any("as the run was trained" in note for note in run.notes), run.notes
+    mean, std = run.splits.test.normalization
+    assert np.allclose(mean, x.mean(axis=0), rtol=1e-4) and np.allclose(std, x.std(axis=0), rtol=1e-3)  # the old data's
+    v = export_bundle(run, tmp_path / "bundle", ExportConfig(mode="float32"))
+    assert v.passed and v.keras_accuracy > 0.9
+    rt = Runtime(tmp_path / "bundle")  # the device normalizes raw sensor values as training did
+    assert (rt.predict(x_new).argmax(axis=-1) == y_new).mean() > 0.9
