@@ -130,29 +130,74 @@ def make_summary(version: str = "1") -> dict:
             "input_sumsq": [50 * 784 * 6000.0], "input_hist": [[30000] + [600] * 14 + [200]]}
 
 
+class RawPoller:
+    """One device's keep-alive connection for its polls, speaking just enough HTTP/1.1 by hand.
+
+    aiohttp costs the load generator about as much CPU per request as the server spends on a 304,
+    so on a 2-core machine it, not the server, would set the pace. This costs a fraction of that,
+    and reconnects whenever the server closes the connection (keep-alive timeout, errors).
+    """
+
+    def __init__(self, host: str, port: int, path: str, token: str) -> None:
+        self.host, self.port = host, port
+        self.head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, etag: str | None) -> tuple[int, str | None]:
+        for attempt in range(2):  # a kept-alive connection the server has just closed: reconnect once
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                request = self.head + (f"If-None-Match: {etag}\r\n" if etag else "") + "\r\n"
+                self.writer.write(request.encode("latin-1"))
+                head = await self.reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split(" ", 2)[1])
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                length = int(headers.get("content-length", "0"))
+                if length:
+                    await self.reader.readexactly(length)
+                if headers.get("connection", "").lower() == "close":
+                    self.close()
+                return status, headers.get("etag")
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def device_loop(client, url: str, idx: int, token: str, stats: Stats, deadline: float, think: float,
                       batch: int, data: str, rng: np.random.Generator, uploads: bool = True) -> None:
     import aiohttp
 
-    errors = (aiohttp.ClientError, asyncio.TimeoutError)
+    errors = (aiohttp.ClientError, asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError)
     auth = {"Authorization": f"Bearer {token}"}
+    host, _, port = url.removeprefix("http://").partition(":")
+    poller = RawPoller(host, int(port), "/v1/channels/stable/current", token)
     etag, seq, pending = None, 0, None
     await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
     while True:
         flushing = time.monotonic() >= deadline
         if flushing and (pending is None or not uploads):
+            poller.close()
             return
         if not flushing:
             t0 = time.perf_counter()
             try:
-                async with client.get(f"{url}/v1/channels/stable/current",
-                                      headers={**auth, **({"If-None-Match": etag} if etag else {})}) as r:
-                    await r.read()
+                status, got = await asyncio.wait_for(poller.get(etag), 60)
                 stats.latencies["poll"].append(time.perf_counter() - t0)
-                stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
-                if r.status == 200:
-                    etag = r.headers["etag"]
+                stats.statuses[str(status)] = stats.statuses.get(str(status), 0) + 1
+                if status == 200:
+                    etag = got
             except errors:
+                poller.close()
                 stats.errors += 1
         if not uploads:
             await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
@@ -258,15 +303,17 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
             Registry(sessions, data).publish(ROOT / "models/bundles/mnist-cnn-int8", "stable", load_private_key(private))
             tokens = [add_device(sessions, f"sim-{i:03d}") for i in range(args.devices)]
             serve += ["--workers", str(workers), "--max-concurrency", str(max(512, 2 * args.devices)),
-                      *([] if fast_poll else ["--no-fast-poll"])]
+                      *([] if fast_poll else ["--no-fast-poll"]),
+                      *(["--shared-limits"] if getattr(args, "shared_limits", False) else [])]
         else:
             env["PYTHONPATH"] = str(tree)
             made = subprocess.run([sys.executable, "-c", OLD_SETUP, str(data), str(args.devices)], cwd=tree, env=env,
                                   check=True, capture_output=True, text=True)
             tokens = json.loads(made.stdout.strip().splitlines()[-1])
         port = free_port()
+        server_log = open(data / "server.log", "wb")  # noqa: SIM115 - closed below; a pipe nobody reads would fill up
         server = subprocess.Popen([*serve, "--port", str(port)], cwd=tree or ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                  stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
         peak = [0]
         done = threading.Event()
         try:
@@ -304,6 +351,10 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, signal.SIGKILL)
                     server.wait(10)
+        server_log.close()
+        logged = (data / "server.log").read_text(errors="replace").splitlines()
+        if logged:
+            print(f"  the server logged {len(logged)} line(s); the last: {logged[-1][:200]}", flush=True)
         if tree is not None:  # read the old server's store (with this code: it only adds tables, afterwards)
             engine = make_engine(url)
             sessions = make_sessionmaker(engine)
@@ -346,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload-share", type=float, default=1.0,
                         help="fraction of devices that upload samples and summaries (the rest only poll)")
     parser.add_argument("--backends", default="sqlite:1,postgresql:1",
-                        help="NAME:WORKERS[:nofast], comma-separated (nofast: serve --no-fast-poll)")
+                        help="NAME:WORKERS[:nofast|:shared], comma-separated (nofast: serve --no-fast-poll; shared: "
+                             "--shared-limits, which --workers 2 and more imply)")
     parser.add_argument("--baseline", default=None, metavar="REF",
                         help="first run the fleet against git commit REF's server (SQLite, 1 worker)")
     parser.add_argument("--out", default=str(RESULTS))
@@ -368,9 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         backend, _, rest = spec.partition(":")
         workers_text, _, variant = rest.partition(":")
         workers = int(workers_text or 1)
-        if variant not in ("", "nofast"):
-            parser.error(f"--backends: unknown variant {variant!r} in {spec!r} (NAME:WORKERS[:nofast])")
-        fast, label = variant != "nofast", " nofast" if variant == "nofast" else ""
+        if variant not in ("", "nofast", "shared"):
+            parser.error(f"--backends: unknown variant {variant!r} in {spec!r} (NAME:WORKERS[:nofast|:shared])")
+        fast, label = variant != "nofast", f" {variant}" if variant else ""
+        args.shared_limits = variant == "shared"
         if backend == "sqlite":
             rows.append(run_backend("sqlite", None, args, workers, label=label, fast_poll=fast))
         elif backend == "postgresql":
