@@ -113,6 +113,12 @@ class Stats:
     generated: int = 0
     acknowledged: int = 0
     ids: list[str] = field(default_factory=list)
+    since: float = 0.0  # time.monotonic() from which latencies and statuses count (after the warm-up)
+
+    def record(self, kind: str, seconds: float, status: int) -> None:
+        if time.monotonic() >= self.since:
+            self.latencies[kind].append(seconds)
+            self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
 
 
 def make_batch(device: int, seq: int, size: int, data: str) -> list[dict]:
@@ -192,8 +198,7 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
             t0 = time.perf_counter()
             try:
                 status, got = await asyncio.wait_for(poller.get(etag), 60)
-                stats.latencies["poll"].append(time.perf_counter() - t0)
-                stats.statuses[str(status)] = stats.statuses.get(str(status), 0) + 1
+                stats.record("poll", time.perf_counter() - t0, status)
                 if status == 200:
                     etag = got
             except errors:
@@ -211,8 +216,7 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
             async with client.post(f"{url}/v1/samples", json={"samples": pending[1]},
                                    headers={**auth, "Idempotency-Key": pending[0]}) as r:
                 await r.read()
-            stats.latencies["upload"].append(time.perf_counter() - t0)
-            stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+            stats.record("upload", time.perf_counter() - t0, r.status)
             if r.status == 200:
                 stats.acknowledged += len(pending[1])
                 stats.ids += [s["id"] for s in pending[1]]
@@ -224,15 +228,17 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
             try:
                 async with client.post(f"{url}/v1/summaries", json=make_summary(), headers=auth) as r:
                     await r.read()
-                stats.latencies["summary"].append(time.perf_counter() - t0)
-                stats.statuses[str(r.status)] = stats.statuses.get(str(r.status), 0) + 1
+                stats.record("summary", time.perf_counter() - t0, r.status)
             except errors:
                 stats.errors += 1
             await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
 
 
 async def fleet(url: str, tokens: list[str], duration: float, think: float, batch: int,
-                upload_share: float = 1.0) -> tuple[Stats, float]:
+                upload_share: float = 1.0, warmup: float = 0.0) -> tuple[Stats, float]:
+    """Run the fleet for ``warmup + duration`` seconds; latencies and rates count only after the warm-up
+    (every device's first poll is a 200 with the release, the server's caches fill); returns the
+    stats and the seconds they cover."""
     import aiohttp
 
     stats = Stats()
@@ -240,11 +246,12 @@ async def fleet(url: str, tokens: list[str], duration: float, think: float, batc
     connector = aiohttp.TCPConnector(limit=len(tokens))
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         start = time.monotonic()
+        stats.since = start + warmup
         uploaders = max(1, round(upload_share * len(tokens)))
-        await asyncio.gather(*(device_loop(client, url, i, t, stats, start + duration, think, batch, data,
+        await asyncio.gather(*(device_loop(client, url, i, t, stats, start + warmup + duration, think, batch, data,
                                            np.random.default_rng(i), uploads=i < uploaders)
                                for i, t in enumerate(tokens)))
-        elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - start - warmup
     return stats, elapsed
 
 
@@ -341,7 +348,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
             print(f"[{name}{label}, {workers} worker(s)] {args.devices} devices ({args.upload_share:.0%} uploading) for "
                   f"{args.duration:.0f} s against 127.0.0.1:{port} (load average {os.getloadavg()[0]:.1f}) …", flush=True)
             stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch,
-                                               args.upload_share))
+                                               args.upload_share, args.warmup))
         finally:
             done.set()
             if server.poll() is None:
@@ -393,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--think", type=float, default=1.0, help="mean seconds a device waits between cycles")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds before latencies and rates count (each device's first poll is a 200)")
     parser.add_argument("--batch", type=int, default=10, help="samples per upload")
     parser.add_argument("--upload-share", type=float, default=1.0,
                         help="fraction of devices that upload samples and summaries (the rest only poll)")
