@@ -772,6 +772,9 @@ def multi_output_table(multi: dict[str, Any]) -> Table:
     table.add_row(multi["model"], outputs, f"{multi['runtime_run_us']:.1f}", f"{multi['raw_invoke_us']:.1f}",
                   f"{multi['overhead_pct']:+.1f} % ({'≤' if multi['target_met'] else '>'} {OVERHEAD_TARGET_PCT:g} %)",
                   f"{multi['max_abs_delta_vs_raw']:.1e}")
+    return table
+
+
 # -- MobileNetV2 int8 with uint8 input (issue 10): a realistic image model -------------------------
 # Self-contained: its own bundle, its own worker process, its own table and JSON key.
 
