@@ -54,17 +54,42 @@ def sim_settings(quick: bool) -> list[tuple[str, Any]]:
     return settings[:1] + settings[2:3] if quick else settings
 
 
-def bench_sim(target: float, cap: int, quick: bool, work: Path) -> list[dict[str, Any]]:
+def sweep_settings() -> list[tuple[str, Any]]:
+    """``--sweep``: the FedBuff settings tried in search of one that reaches the target in half the best sync
+    time, and the best sync setting with a higher server learning rate. A label's ``@lr`` is the server lr."""
+    from federated.async_sim import TimedConfig
+    from federated.clock import ClockConfig
+    from federated.fedbuff import BufferConfig
+
+    clock = ClockConfig(steps_per_second=10.0, slow_fraction=0.2, slow_factor=10.0, bandwidth=1e6)
+    grid = [(10, 40, "polynomial:0.5", 1.0), (8, 40, "polynomial:0.5", 1.0), (20, 60, "polynomial:0.5", 1.0),
+            (10, 35, "polynomial:0.5", 1.0), (5, 20, "polynomial:0.5", 1.0), (10, 50, "polynomial:0.5", 1.0),
+            (10, 60, "polynomial:0.5", 1.0), (20, 40, "polynomial:0.5", 1.0), (10, 40, "polynomial:0.25", 1.0),
+            (5, 40, "polynomial:0.5", 1.0), (10, 40, "polynomial:0.5", 1.5), (10, 20, "polynomial:0.5", 1.5),
+            (10, 40, "polynomial:1", 1.0), (10, 40, "constant", 1.0), (10, 40, "polynomial:0.5", 2.0)]
+    rows = [("sync FedAvg, 10/round, deadline 2 s @1.5", TimedConfig("sync", clock=clock, deadline_s=2.0))]
+    rows += [(f"FedBuff K={k}, M={m}, {st} @{lr:g}", TimedConfig("fedbuff", BufferConfig(buffer_size=k, concurrency=m,
+                                                                                            staleness=st), clock))
+             for k, m, st, lr in grid]
+    return rows
+
+
+def bench_sim(target: float, cap: int, quick: bool, work: Path, sweep: bool = False) -> list[dict[str, Any]]:
     from federated.async_sim import simulate_timed
     from federated.simulate import SimulationConfig
 
     config = SimulationConfig(model="cnn", data="mnist5k", clients=100, fraction=0.1, local_epochs=1, batch=10, lr=0.1,
                               rounds=cap, partition="dirichlet", alpha=0.3, seed=0)
+    from dataclasses import replace
+
+    from federated.server import ServerConfig
+
     rows = []
-    for label, timed in sim_settings(quick):
+    for label, timed in sweep_settings() if sweep else sim_settings(quick):
         print(f"simulating {label} until {target:.0%} (cap {cap} server steps) …", flush=True)
         started = time.perf_counter()
-        result = simulate_timed(config, timed, out=work / label.replace(" ", "_").replace(",", "").replace("/", "-"),
+        lr = float(label.rpartition("@")[2]) if "@" in label else 1.0
+        result = simulate_timed(replace(config, server=ServerConfig(server_lr=lr)), timed, out=work / label.replace(" ", "_").replace(",", "").replace("/", "-"),
                                 progress=False, stop_when=lambda row: (row.get("test_accuracy") or 0.0) >= target)
         hit = next((r for r in result.history if (r.get("test_accuracy") or 0.0) >= target), None)
         last = hit or result.history[-1]
@@ -159,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-rounds", type=int, default=None, help="sync rounds (async: 3x as many steps); default 12")
     parser.add_argument("--slow-delay", type=float, default=None,
                         help="seconds injected per update on the slow device (default: 4x a calibrated normal update)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "federated_async.json")
+    parser.add_argument("--sweep", action="store_true",
+                        help="--part sim: the FedBuff settings searched for the target (writes federated_async_sweep.json)")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/federated_async[_sweep].json")
     args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / ("federated_async_sweep.json" if args.sweep else "federated_async.json")
+    if args.sweep and args.part != "sim":
+        parser.error("--sweep goes with --part sim")
 
     from rich.console import Console
     from rich.table import Table
@@ -174,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeloop-async-bench-") as tmp:
         work = Path(tmp)
         if args.part in ("all", "sim"):
-            rows = bench_sim(target, cap, args.quick, work)
+            rows = bench_sim(target, cap, args.quick, work, args.sweep)
             sync = [r for r in rows if r["setting"].startswith("sync") and r["reached"]]
             best = min(sync, key=lambda r: r["sim_seconds"]) if sync else None
             table = Table(title=f"Simulator: MNIST-5k CNN, 100 clients, Dirichlet α=0.3, 20% 10× slower; to {target:.0%}")
@@ -196,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{best['sim_seconds'] / fastest['sim_seconds']:.2f}× faster)")
             from federated.plots import plot_runs
 
-            png = plot_runs({r["setting"]: r["history"] for r in rows}, args.out.parent / "federated_async_sim.png", target,
-                            x="time")
+            png = plot_runs({r["setting"]: r["history"] for r in rows},
+                            args.out.parent / ("federated_async_sweep.png" if args.sweep else "federated_async_sim.png"),
+                            target, x="time")
             print(f"plot: {png}")
             report["sim"] = {"quick": args.quick, "target": target, "cap": cap, "rows": rows}
         if args.part in ("all", "real"):
