@@ -52,8 +52,11 @@ class RayConfig:
     ``address``: ``HOST:PORT`` of a running cluster's head (``ray start --head``), or ``None`` to start
     a local instance with ``num_cpus`` CPUs and an object store of ``object_store_mb`` MiB.
     ``chunks``: tasks per round (``None``: one per CPU of the cluster, ``cpus_per_task`` each).
-    ``block_clients``: clients per block of data in the object store. ``max_retries``: how often a
-    task whose worker died is re-run.
+    ``block_clients``: clients per block of data in the object store. A task receives every block its
+    clients are in, and each block it receives costs a fetch and a deserialisation: with 256 per
+    block, a round of 100 clients drawn from 10,000 touched ~28 blocks per task and Ray's overhead
+    over the local engine was +27 % on the digits MLP; 1,024 keeps a block a few MiB for these
+    datasets. ``max_retries``: how often a task whose worker died is re-run.
     """
 
     address: str | None = None
@@ -61,7 +64,7 @@ class RayConfig:
     object_store_mb: int = 256
     chunks: int | None = None
     cpus_per_task: int = 1
-    block_clients: int = 256
+    block_clients: int = 1024
     max_retries: int = 3
     temp_dir: str | None = None
 
