@@ -916,24 +916,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
     started = time.perf_counter()
-    if args.only_mobilenet:
-        mobilenet = measure_mobilenet(settings)
-        console.print(mobilenet_table(mobilenet))
-        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("device_runtime_mobilenet.json")
-        out.write_text(json.dumps({"benchmark": "device_runtime/mobilenet_v2", "quick": args.quick,
+    # one row alone: (key, measure, table, results file)
+    only = {"mobilenet_v2": (measure_mobilenet, mobilenet_table, "device_runtime_mobilenet.json"),
+            "multi_output": (measure_multi_output, multi_output_table, "device_runtime_multi_output.json")}
+    chosen = "mobilenet_v2" if args.only_mobilenet else "multi_output" if args.only_multi_output else None
+    if chosen is not None:
+        measure, table, name = only[chosen]
+        row = measure(settings)
+        console.print(table(row))
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name(name)
+        out.write_text(json.dumps({"benchmark": f"device_runtime/{chosen}", "quick": args.quick,
                                    "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
                                    "machine": {"cpu": cpu_model(), "python": platform.python_version()},
-                                   "mobilenet_v2": mobilenet}, indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {out}")
-        return 0
-    if args.only_multi_output:
-        multi = measure_multi_output(settings)
-        console.print(multi_output_table(multi))
-        out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("device_runtime_multi_output.json")
-        out.write_text(json.dumps({"benchmark": "device_runtime/multi_output", "quick": args.quick,
-                                   "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-                                   "machine": {"cpu": cpu_model(), "python": platform.python_version()},
-                                   "multi_output": multi}, indent=2) + "\n", encoding="utf-8")
+                                   chosen: row}, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
         return 0
     console.print(f"[bold]edgeloop device runtime benchmark[/] ({'quick' if args.quick else 'full'} run)")
