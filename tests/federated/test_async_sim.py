@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from federated.errors import ConfigError
 from federated.fedbuff import BufferConfig
 from federated.simulate import SimulationConfig, read_history, simulate
 from tests.conftest import ROOT
+from tests.federated.sim_helpers import SIM_ENV, simulate_killed_after
 
 SMALL = SimulationConfig(model="mlp-small", data="digits", clients=12, fraction=0.5, local_epochs=2, batch=7,
                          lr=0.1, rounds=4)
@@ -100,27 +99,9 @@ def test_timed_resume_after_sigkill_ends_identical_and_plot_has_both_axes(tmp_pa
             "--batch", "5", "--local-epochs", "2", "--rounds", "14", "--strategy", "fedbuff", "--concurrency", "8",
             "--buffer-size", "3", "--server-optimizer", "fedadam", "--server-lr", "0.03", "--slow-fraction", "0.3",
             "--slow-factor", "6", "--availability", "onoff:8:3", "--dropout", "0.1", "--seed", "2", "--json"]
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    env = SIM_ENV
     killed = tmp_path / "killed"
-    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, *args, "--out", str(killed)], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            metrics = killed / "metrics.jsonl"
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 4:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
+    assert simulate_killed_after(args, killed, 4, tmp_path / "killed.log") == -signal.SIGKILL
     assert 4 <= len(read_history(killed)) < 14
     resumed = subprocess.run([sys.executable, *args, "--out", str(killed), "--resume"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)

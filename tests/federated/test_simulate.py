@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from federated import DPConfig, ServerConfig
 from federated.schedule import client_batches, padded_plan
 from federated.simulate import SimulationConfig, plan, read_history, simulate
 from tests.conftest import ROOT
+from tests.federated.sim_helpers import SIM_ENV, simulate_killed_after
 
 SMALL = SimulationConfig(model="mlp-small", data="digits", clients=12, fraction=0.5, local_epochs=2, batch=7,
                          lr=0.1, rounds=3)
@@ -166,27 +165,9 @@ def test_resume_after_sigkill_ends_with_identical_weights(tmp_path) -> None:
     args = ["-m", "edgeloop", "federated", "simulate", "--model", "mlp-small", "--data", "digits", "--clients", "20",
             "--fraction", "0.5", "--batch", "5", "--local-epochs", "3", "--rounds", "12", "--strategy", "fedadam",
             "--server-lr", "0.03", "--dp-clip", "5", "--dp-noise", "0.01", "--seed", "3", "--json"]
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    env = SIM_ENV
     killed = tmp_path / "killed"
-    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, *args, "--out", str(killed)], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            metrics = killed / "metrics.jsonl"
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
+    assert simulate_killed_after(args, killed, 3, tmp_path / "killed.log") == -signal.SIGKILL
     done_before = len(read_history(killed))
     assert 3 <= done_before < 12
     resumed = subprocess.run([sys.executable, *args, "--out", str(killed), "--resume"], cwd=ROOT, env=env,
