@@ -287,7 +287,7 @@ def exported_tree(ref: str):
 
 
 def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers: int = 1,
-                tree: Path | None = None, label: str = "", fast_poll: bool = True) -> dict:
+                tree: Path | None = None, label: str = "", fast_poll: bool = True, shared_limits: bool = False) -> dict:
     """One fleet run. ``tree``: another checkout's server (SQLite, one worker), set up by its own code."""
     import psutil
     from sqlalchemy import func, select
@@ -311,7 +311,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
             tokens = [add_device(sessions, f"sim-{i:03d}") for i in range(args.devices)]
             serve += ["--workers", str(workers), "--max-concurrency", str(max(512, 2 * args.devices)),
                       *([] if fast_poll else ["--no-fast-poll"]),
-                      *(["--shared-limits"] if getattr(args, "shared_limits", False) else [])]
+                      *(["--shared-limits"] if shared_limits else [])]
         else:
             env["PYTHONPATH"] = str(tree)
             made = subprocess.run([sys.executable, "-c", OLD_SETUP, str(data), str(args.devices)], cwd=tree, env=env,
@@ -431,14 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         workers = int(workers_text or 1)
         if variant not in ("", "nofast", "shared"):
             parser.error(f"--backends: unknown variant {variant!r} in {spec!r} (NAME:WORKERS[:nofast|:shared])")
-        fast, label = variant != "nofast", f" {variant}" if variant else ""
-        args.shared_limits = variant == "shared"
+        fast, label, shared = variant != "nofast", f" {variant}" if variant else "", variant == "shared"
         if backend == "sqlite":
-            rows.append(run_backend("sqlite", None, args, workers, label=label, fast_poll=fast))
+            rows.append(run_backend("sqlite", None, args, workers, label=label, fast_poll=fast, shared_limits=shared))
         elif backend == "postgresql":
             try:
                 with postgres_cluster() as (url, _info):
-                    rows.append(run_backend("postgresql", url, args, workers, label=label, fast_poll=fast))
+                    rows.append(run_backend("postgresql", url, args, workers, label=label, fast_poll=fast,
+                                            shared_limits=shared))
             except (RuntimeError, subprocess.CalledProcessError, FileNotFoundError) as exc:
                 print(f"[postgresql] skipped: {exc}")
                 rows.append({"backend": "postgresql", "workers": workers, "skipped": str(exc)})

@@ -287,11 +287,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
     seen_flushed = [time.monotonic()]
     flush_lock = threading.Lock()
 
+    def news(device_id: int, running: str | None) -> str | None:
+        """The running version a device reports, if it is not the one last written for it."""
+        running = running[:64] if running else None
+        return running if running not in (None, last_written.get(device_id, (0.0, None))[1]) else None
+
+    def flush_due() -> bool:
+        return time.monotonic() - seen_flushed[0] >= SEEN_FLUSH_S
+
     def seen_is_due(device_id: int, running: str | None) -> bool:
         """Whether a poll has anything to write now: a new running version, or a batch of "last seen" times."""
-        written_running = last_written.get(device_id, (0.0, None))[1]
-        running = running[:64] if running else None
-        return running not in (None, written_running) or time.monotonic() - seen_flushed[0] >= SEEN_FLUSH_S
+        return news(device_id, running) is not None or flush_due()
 
     def seen(device_id: int, running: str | None = None, flush: bool = True, **values: Any) -> None:
         """Record that a device called in. News (a new running version, an event's values) is written at once;
@@ -299,20 +305,20 @@ def create_app(config: ServiceConfig) -> FastAPI:
         every SEEN_FLUSH_S, each device at most every SEEN_RESOLUTION_S (a write per poll would cost
         more than the poll)."""
         now = time.time()
-        running = running[:64] if running else None
         written_at, written_running = last_written.get(device_id, (0.0, None))
-        if values or running not in (None, written_running):
-            last_written[device_id] = (now, running or written_running)
+        fresh = news(device_id, running)
+        if values or fresh:
+            last_written[device_id] = (now, fresh or written_running)
             seen_pending.pop(device_id, None)
             with sessions.begin() as s:
                 changes = {"last_seen": now, **values}
-                if running:
-                    changes["running_version"] = running
+                if fresh:
+                    changes["running_version"] = fresh
                 s.execute(update(Device).where(Device.id == device_id).values(**changes))
         elif now - written_at >= SEEN_RESOLUTION_S:
             last_written[device_id] = (now, written_running)
             seen_pending[device_id] = now
-        if flush and time.monotonic() - seen_flushed[0] >= SEEN_FLUSH_S:
+        if flush and flush_due():
             flush_seen()
 
     def flush_seen() -> None:
@@ -348,6 +354,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                      lambda: registry.release_on(channel, rollout.version))
         return release_cache.get(snap, RELEASES, channel, lambda: registry.current(channel))
 
+    def unchanged(release: Any, if_none_match: str | None) -> bool:
+        """Whether ``If-None-Match`` names the release's ETag (one of a comma-separated list)."""
+        return bool(if_none_match) and release.etag in [t.strip() for t in if_none_match.split(",")]
+
     async def poll_not_modified(channel: str, authorization: str, if_none_match: str,
                                 model_version: str | None) -> list[tuple[bytes, bytes]] | None:
         """The 304 headers for a poll whose release is unchanged (:mod:`cloud.service.fast_poll`), or None to let
@@ -362,7 +372,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if device_id is None:
             return None
         release = current_release(channel, device_id, snap)
-        if release is None or release.etag not in [t.strip() for t in if_none_match.split(",")]:
+        if release is None or not unchanged(release, if_none_match):
             return None
         # in memory, or one autocommit round trip to PostgreSQL: on the loop (a thread hop costs more); a SQLite
         # bucket may wait on the file's write lock, so it goes to a thread
@@ -392,7 +402,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if release is None:
             raise HTTPException(404, f"nothing is published on channel {channel!r}")
         headers = {"ETag": release.etag, "Cache-Control": "no-cache"}
-        if if_none_match and release.etag in [t.strip() for t in if_none_match.split(",")]:
+        if unchanged(release, if_none_match):
             return Response(status_code=304, headers=headers)
         return JSONResponse(release.to_json(), headers=headers)
 

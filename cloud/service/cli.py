@@ -114,7 +114,8 @@ def cmd_revoke_device(args: argparse.Namespace) -> int:
         sessions, _ = open_registry(args)
         revoke_device(sessions, args.name)
     print(json.dumps({"device": args.name, "revoked": True}) if args.json else
-          f"revoked {args.name}: its token is refused from the next request on")
+          f"revoked {args.name}: its token is refused from the next request on (an 'unchanged' "
+          "304 answer may take up to the server's --release-cache seconds)")
     return 0
 
 
