@@ -24,10 +24,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from cloud.service.db import COUNTERS, ChangeCounter
+from cloud.service.db import COUNTERS, ChangeCounter, ChannelEntry, Rollout, Statement, Version
 
 RELEASES, TOKENS = COUNTERS
-RELEASE_TABLES = frozenset({"versions", "channel_entries", "statements", "rollouts"})
+# what a device's release is made of: a write to any of these moves the "releases" counter
+RELEASE_TABLES = frozenset(model.__tablename__ for model in (Version, ChannelEntry, Statement, Rollout))
 
 
 def bump(conn: Connection | Session, name: str) -> None:
