@@ -339,7 +339,9 @@ def load_source(path: Path | str, options: SourceOptions | None = None) -> Train
         splits = Splits(*(replace(ds, labels=generic) for ds in (splits.train, splits.validation, splits.test)))
 
     own = preprocessing_layers(model)
-    trained_with = _run_normalization(path) if from_run and options.data is not None and not own else None
+    # new data for a run, with nothing else to go by: the model's old input scale (read only when needed)
+    trained_with = (_run_normalization(path) if options.preprocess is None and not own and from_run
+                    and options.data is not None else None)
     if options.preprocess is not None:
         pre, why = options.preprocess, "--preprocess"
     elif own:
