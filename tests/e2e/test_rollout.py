@@ -102,7 +102,7 @@ def test_a_good_release_advances_through_every_stage_and_a_bad_one_halts_and_rev
             assert {a.version for a in agents.values()} == {str(v1.version)}
 
             start = run_cli("cloud", "rollout", str(v2.version), "--channel", "stable", "--stages", "25,50,100",
-                            "--hold", "1s", "--min-devices", "2", "--min-labelled", "20", "--max-accuracy-drop", "0.05",
+                            "--hold", "1s", "--min-devices", "2", "--min-labelled", "200", "--max-accuracy-drop", "0.05",
                             "--server", svc.url, "--admin-token-file", str(token_file), timeout=60)
             assert start.returncode == 0, start.stderr
             good = until("stable", ("completed", "halted"))
