@@ -41,19 +41,29 @@ class ServiceProcess:
                 [sys.executable, "-m", "edgeloop", "cloud", "serve", "--data-dir", str(self.data_dir),
                  "--host", "127.0.0.1", "--port", str(self.port), "--release-cache", "0", *self.extra],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
+        deadline, seen = time.monotonic() + timeout, set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: "
                                    + (self.data_dir / f"serve-{self.port}.log").read_text()[-2000:])
-            try:
+            try:  # a new connection each time, so that any worker may take it
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
                     if resp.status == 200:
-                        return self
+                        seen.add(resp.headers.get("x-edgeloop-worker"))
+                        if len(seen) >= self.workers:
+                            return self
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server on {self.url} did not become healthy in {timeout} s")
+        raise RuntimeError(f"server on {self.url} did not become healthy in {timeout} s"
+                           f" ({len(seen)} of {self.workers} workers answered)")
+
+    @property
+    def workers(self) -> int:
+        """How many worker processes ``--workers`` asked for: with several, a test that spreads requests over
+        them must not start while one is still importing (it would then see only the other one)."""
+        args = list(self.extra)
+        return int(args[args.index("--workers") + 1]) if "--workers" in args else 1
 
     def stop(self) -> None:
         if self.proc is None:
