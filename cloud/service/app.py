@@ -46,7 +46,7 @@ from cloud.service.ingest import (
 )
 from cloud.service.registry import Registry, RegistryError
 from cloud.service.rollout_store import active_rollout
-from cloud.service.shared_limits import SharedRateLimiter
+from cloud.service.shared_limits import BatchedTakes, SharedRateLimiter
 from cloud.service.summaries import SummaryIn, store_summary
 from cloud.service.ticker import Ticker, TickerConfig
 
@@ -201,9 +201,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         bucket_in_thread = engine.dialect.name != "postgresql"
         limiter: Any = SharedRateLimiter(buckets, config.rate, "dev")
         auth_failures: Any = SharedRateLimiter(buckets, config.auth_failures, "auth")
+        batched = None if bucket_in_thread else BatchedTakes(limiter)
     else:
         limiter, auth_failures = RateLimiter(config.rate), RateLimiter(config.auth_failures)
-        bucket_in_thread = False
+        bucket_in_thread, batched = False, None
     require_admin = admin_guard(config.admin_token)
     key_path = Path(config.signing_key_path or Path(config.data_dir) / "keys" / "signing.key")
     app = FastAPI(title="edgeloop service", version="1", docs_url=None, redoc_url=None, openapi_url=None,
@@ -374,9 +375,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         release = current_release(channel, device_id, snap)
         if release is None or not unchanged(release, if_none_match):
             return None
-        # in memory, or one autocommit round trip to PostgreSQL: on the loop (a thread hop costs more); a SQLite
-        # bucket may wait on the file's write lock, so it goes to a thread
-        wait = await run_in_threadpool(limiter.allow, device_id) if bucket_in_thread else limiter.allow(device_id)
+        # in memory; or on PostgreSQL one autocommit statement per loop turn for all its polls, on the loop (a
+        # thread hop costs more); a SQLite bucket may wait on the file's write lock, so it goes to a thread
+        if batched is not None:
+            wait = await batched.allow(device_id)
+        else:
+            wait = await run_in_threadpool(limiter.allow, device_id) if bucket_in_thread else limiter.allow(device_id)
         if wait > 0:
             return None  # the route answers 429 with its Retry-After
         if seen_is_due(device_id, model_version):
