@@ -217,6 +217,51 @@ def test_20_a_2_mb_header_is_refused(service) -> None:
     assert httpx.get(svc.url + "/healthz").status_code == 200
 
 
+def test_20_a_kept_alive_connection_that_dribbles_its_next_head_is_closed_too(service) -> None:
+    """After a full request and response, the next head must also complete within --header-timeout (1 s),
+    however many bytes trickle in; and a connection that sends whole requests stays open meanwhile."""
+    svc = service[0]
+    slow, busy = (socket.create_connection(("127.0.0.1", svc.port), timeout=5) for _ in range(2))
+    try:
+        ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+        def answered(s: socket.socket) -> bool:
+            got = b""
+            while not got.endswith(b'{"status":"ok"}'):  # the head and the body may come in two reads
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                got += chunk
+            return got.startswith(b"HTTP/1.1 200")
+
+        for s in (slow, busy):
+            s.sendall(ask)
+            assert answered(s)
+        start, closed_after = time.monotonic(), None
+        for part in [b"G", b"E", b"T", b" ", b"/", b"h", b"e", b"a", b"l", b"t", b"h"] * 2:
+            busy.sendall(ask)  # every 0.25 s a whole request: this one is answered each time
+            assert answered(busy)
+            try:
+                slow.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - start
+                break
+            slow.settimeout(0.25)
+            try:
+                if slow.recv(1024) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed_after = time.monotonic() - start
+                break
+        assert closed_after is not None and 0.9 < closed_after < 2.5, closed_after
+    finally:
+        slow.close()
+        busy.close()
+
+
 def test_20_half_open_connections_are_closed_after_the_header_timeout(service) -> None:
     svc = service[0]
     socks = [socket.create_connection(("127.0.0.1", svc.port), timeout=5) for _ in range(50)]
