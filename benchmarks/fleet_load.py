@@ -286,9 +286,36 @@ def exported_tree(ref: str):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and all their descendants, as of now."""
+    import psutil
+
+    total, seen = 0.0, set()
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                if proc.pid not in seen:
+                    times = proc.cpu_times()
+                    total, seen = total + times.user + times.system, seen | {proc.pid}
+            except psutil.Error:
+                pass
+    return total
+
+
 def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers: int = 1,
-                tree: Path | None = None, label: str = "", fast_poll: bool = True, shared_limits: bool = False) -> dict:
-    """One fleet run. ``tree``: another checkout's server (SQLite, one worker), set up by its own code."""
+                tree: Path | None = None, label: str = "", fast_poll: bool = True, shared_limits: bool = False,
+                db_pid: int | None = None) -> dict:
+    """One fleet run. ``tree``: another checkout's server (SQLite, one worker), set up by its own code.
+
+    Besides rates and latencies it records the CPU seconds that the server (all workers), the database
+    (``db_pid``'s processes) and this load generator spent in the measured window: on two shared cores
+    the rates are bounded by the sum, and the server's CPU per request is its cost alone.
+    """
     import psutil
     from sqlalchemy import func, select
 
@@ -347,8 +374,19 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
             watcher.start()
             print(f"[{name}{label}, {workers} worker(s)] {args.devices} devices ({args.upload_share:.0%} uploading) for "
                   f"{args.duration:.0f} s against 127.0.0.1:{port} (load average {os.getloadavg()[0]:.1f}) …", flush=True)
+            cpu: dict[str, list[float]] = {"server": [], "database": [], "generator": []}
+
+            def read_cpu() -> None:
+                cpu["server"].append(cpu_seconds([server.pid]))
+                cpu["database"].append(cpu_seconds([db_pid] if db_pid else []))
+                cpu["generator"].append(sum(os.times()[:2]))
+
+            at_warmup = threading.Timer(args.warmup, read_cpu)  # the measured window starts after the warm-up
+            at_warmup.start()
             stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch,
                                                args.upload_share, args.warmup))
+            at_warmup.join()
+            read_cpu()
         finally:
             done.set()
             if server.poll() is None:
@@ -389,6 +427,9 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
             "distinct_ids_stored": distinct, "duplicate_acks": len(stats.ids) - len(set(stats.ids)),
             "exactly_once": stats.generated == stats.acknowledged == stored == distinct,
             "server_peak_rss_mib": peak[0] / 2**20,
+            # CPU in the measured window, ms per request; the generator's share is this process (all its threads)
+            **{f"{k}_cpu_ms_per_req": 1000 * (v[-1] - v[0]) / max(1, requests) for k, v in cpu.items() if len(v) == 2},
+            "server_cpu_share": (cpu["server"][-1] - cpu["server"][0]) / elapsed / (os.cpu_count() or 1),
             "load_average_1min_after": os.getloadavg()[0],  # this machine is shared: context for the figures
         }
     finally:
@@ -436,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_backend("sqlite", None, args, workers, label=label, fast_poll=fast, shared_limits=shared))
         elif backend == "postgresql":
             try:
-                with postgres_cluster() as (url, _info):
+                with postgres_cluster() as (url, info):
                     rows.append(run_backend("postgresql", url, args, workers, label=label, fast_poll=fast,
-                                            shared_limits=shared))
+                                            shared_limits=shared, db_pid=info["pid"]))
             except (RuntimeError, subprocess.CalledProcessError, FileNotFoundError) as exc:
                 print(f"[postgresql] skipped: {exc}")
                 rows.append({"backend": "postgresql", "workers": workers, "skipped": str(exc)})
@@ -446,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown backend {backend!r}")
 
     header = ("backend", "workers", "req/s", "poll req/s", "p50 ms", "p99 ms", "poll p50/p99", "upload p50/p99",
-              "sent", "stored", "errors", "peak RSS")
+              "sent", "stored", "errors", "peak RSS", "CPU ms/req server / db / generator")
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
         if "skipped" in r:
@@ -455,12 +496,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['backend']} | {r['workers']} | {r['req_per_s']:.0f} | {r['poll_req_per_s']:.0f} | {r['p50_ms']:.1f} | "
               f"{r['p99_ms']:.1f} | {r['poll_p50_ms']:.1f} / {r['poll_p99_ms']:.1f} | "
               f"{r['upload_p50_ms'] or 0:.1f} / {r['upload_p99_ms'] or 0:.1f} | "
-              f"{r['samples_sent']} | {r['samples_stored']} | {r['errors']} | {r['server_peak_rss_mib']:.0f} MiB |")
-    print("(latencies include time queued in the client and server when the machine is saturated)")
+              f"{r['samples_sent']} | {r['samples_stored']} | {r['errors']} | {r['server_peak_rss_mib']:.0f} MiB | "
+              f"{r['server_cpu_ms_per_req']:.2f} / {r['database_cpu_ms_per_req']:.2f} / "
+              f"{r['generator_cpu_ms_per_req']:.2f} |")
+    print("(latencies include time queued in the client and server when the machine is saturated; CPU ms/req: CPU time"
+          " in the measured window over requests answered, for the server's processes, PostgreSQL's, and this load"
+          " generator's)")
     done = [r for r in rows if "skipped" not in r]
     for a, b in zip(done, done[1:]):
         print(f"{b['backend']}:{b['workers']} / {a['backend']}:{a['workers']}: req/s ×{b['req_per_s'] / a['req_per_s']:.2f}, "
-              f"p99 ×{b['p99_ms'] / a['p99_ms']:.2f}, peak RSS ×{b['server_peak_rss_mib'] / a['server_peak_rss_mib']:.2f}")
+              f"poll req/s ×{b['poll_req_per_s'] / a['poll_req_per_s']:.2f}, p99 ×{b['p99_ms'] / a['p99_ms']:.2f}, "
+              f"server CPU per request ×{b['server_cpu_ms_per_req'] / a['server_cpu_ms_per_req']:.2f}, "
+              f"peak RSS ×{b['server_peak_rss_mib'] / a['server_peak_rss_mib']:.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -332,3 +332,45 @@ def test_21_the_admin_token_file_is_checked(tmp_path: Path) -> None:
     (tmp_path / "short").write_text("abc\n")
     out = run_cli("cloud", "serve", "--data-dir", str(tmp_path / "svc"), "--admin-token-file", str(tmp_path / "short"))
     assert out.returncode == 1 and "at least 16 characters" in out.stderr
+
+
+def test_20_an_idle_kept_alive_connection_closes_after_keep_alive_and_a_dribbling_one_after_header_timeout(
+        tmp_path: Path) -> None:
+    """``--keep-alive`` (1 s) closes a connection that sends nothing after its response; bytes that never
+    complete a head do not keep it open past ``--header-timeout`` (3 s), and do not count as idle before."""
+    setup_service(tmp_path, ("k",))
+    extra = ("--keep-alive", "1", "--header-timeout", "3")
+    with ServiceProcess(tmp_path, extra=extra) as svc:
+        idle, dribbling = (socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(2))
+        try:
+            for s in (idle, dribbling):
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while not got.endswith(b'{"status":"ok"}'):
+                    got += s.recv(4096)
+            dribbling.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: ")  # then one byte of the header's value at a time
+            start, closed = time.monotonic(), {}
+            while len(closed) < 2 and time.monotonic() - start < 8:
+                for name, s in (("idle", idle), ("dribbling", dribbling)):
+                    if name in closed:
+                        continue
+                    if name == "dribbling":
+                        try:
+                            s.sendall(b"a")
+                        except (BrokenPipeError, ConnectionResetError):
+                            closed[name] = time.monotonic() - start
+                            continue
+                    s.settimeout(0.1)
+                    try:
+                        if s.recv(1024) == b"":
+                            closed[name] = time.monotonic() - start
+                    except TimeoutError:
+                        pass
+                    except ConnectionResetError:
+                        closed[name] = time.monotonic() - start
+                time.sleep(0.1)
+            assert 0.8 < closed.get("idle", 99) < 2.0, closed
+            assert 2.8 < closed.get("dribbling", 99) < 4.5, closed
+        finally:
+            idle.close()
+            dribbling.close()
