@@ -67,11 +67,27 @@ def sweep_settings() -> list[tuple[str, Any]]:
             (10, 60, "polynomial:0.5", 1.0), (20, 40, "polynomial:0.5", 1.0), (10, 40, "polynomial:0.25", 1.0),
             (5, 40, "polynomial:0.5", 1.0), (10, 40, "polynomial:0.5", 1.5), (10, 20, "polynomial:0.5", 1.5),
             (10, 40, "polynomial:1", 1.0), (10, 40, "constant", 1.0), (10, 40, "polynomial:0.5", 2.0)]
+    grid += [(10, 40, "hinge:10:4", 1.0), (10, 40, "hinge:0.5:4", 1.0), (10, 40, "hinge:1:8", 1.0)]
     rows = [("sync FedAvg, 10/round, deadline 2 s @1.5", TimedConfig("sync", clock=clock, deadline_s=2.0))]
     rows += [(f"FedBuff K={k}, M={m}, {st} @{lr:g}", TimedConfig("fedbuff", BufferConfig(buffer_size=k, concurrency=m,
                                                                                             staleness=st), clock))
              for k, m, st, lr in grid]
+    # the server optimizer tried on both sides: momentum 0.5 helps sync and hurts FedBuff here
+    rows += [("sync FedAvgM 0.5, 10/round, deadline 2 s", TimedConfig("sync", clock=clock, deadline_s=2.0)),
+             ("FedBuff K=10, M=40, FedAvgM 0.5", TimedConfig("fedbuff", BufferConfig(buffer_size=10, concurrency=40),
+                                                            clock))]
     return rows
+
+
+def server_for(label: str) -> Any:
+    """A sweep label's server: ``@LR`` sets the server learning rate, ``FedAvgM M`` the strategy and momentum."""
+    from federated.server import ServerConfig
+
+    lr = float(label.rpartition("@")[2]) if "@" in label else 1.0
+    if "FedAvgM " in label:
+        momentum = float(label.split("FedAvgM ")[1].split(",")[0])
+        return ServerConfig(strategy="fedavgm", server_lr=lr, server_momentum=momentum)
+    return ServerConfig(server_lr=lr)
 
 
 def bench_sim(target: float, cap: int, quick: bool, work: Path, sweep: bool = False) -> list[dict[str, Any]]:
@@ -82,14 +98,11 @@ def bench_sim(target: float, cap: int, quick: bool, work: Path, sweep: bool = Fa
                               rounds=cap, partition="dirichlet", alpha=0.3, seed=0)
     from dataclasses import replace
 
-    from federated.server import ServerConfig
-
     rows = []
     for label, timed in sweep_settings() if sweep else sim_settings(quick):
         print(f"simulating {label} until {target:.0%} (cap {cap} server steps) …", flush=True)
         started = time.perf_counter()
-        lr = float(label.rpartition("@")[2]) if "@" in label else 1.0
-        result = simulate_timed(replace(config, server=ServerConfig(server_lr=lr)), timed, out=work / label.replace(" ", "_").replace(",", "").replace("/", "-"),
+        result = simulate_timed(replace(config, server=server_for(label)), timed, out=work / label.replace(" ", "_").replace(",", "").replace("/", "-"),
                                 progress=False, stop_when=lambda row: (row.get("test_accuracy") or 0.0) >= target)
         hit = next((r for r in result.history if (r.get("test_accuracy") or 0.0) >= target), None)
         last = hit or result.history[-1]
