@@ -13,7 +13,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import Float, String, bindparam, case, insert, select, text, update
+from sqlalchemy import Float, String, any_, bindparam, case, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import sessionmaker
@@ -44,13 +45,14 @@ class SharedRateLimiter:
                       .values(tokens=refilled - 1.0, updated=now).returning(RateBucket.key))
         self._level = select(refilled).where(RateBucket.key == key)
         self._create = insert(RateBucket).values(key=key, tokens=burst - 1.0, updated=now)
-        # PostgreSQL: many keys in one statement. The rows are locked in key order first, so two processes
-        # taking overlapping sets can never deadlock; the UPDATE then re-checks each locked row's tokens.
-        refill = f"LEAST(b.tokens + GREATEST(:now - b.updated, 0.0) * {rate!r}, {burst!r})"
-        self._take_many = text(
-            f"UPDATE {RateBucket.__tablename__} AS b SET tokens = {refill} - 1.0, updated = :now "
-            f"FROM (SELECT key FROM {RateBucket.__tablename__} WHERE key = ANY(:keys) ORDER BY key FOR UPDATE) AS l "
-            f"WHERE b.key = l.key AND {refill} >= 1.0 RETURNING b.key")
+        # PostgreSQL: many keys in one statement, with the same refill. The rows are locked in key order
+        # first, so two processes taking overlapping sets can never deadlock; the UPDATE then re-checks
+        # each locked row's tokens.
+        keys = bindparam("b_keys", type_=ARRAY(String))
+        locked = (select(RateBucket.key).where(RateBucket.key == any_(keys)).order_by(RateBucket.key)
+                  .with_for_update().subquery())
+        self._take_many = (update(RateBucket).where(RateBucket.key == locked.c.key, refilled >= 1.0)
+                           .values(tokens=refilled - 1.0, updated=now).returning(RateBucket.key))
 
     def allow(self, key: object, now: float | None = None) -> float:
         """0 if the request may go ahead, else the seconds to wait (for Retry-After)."""
@@ -89,7 +91,7 @@ class SharedRateLimiter:
         if len(names) != len(keys):
             raise ValueError("take_many: keys must be distinct (one statement takes at most one token per row)")
         with self.engine.connect() as conn:
-            rows = conn.execute(self._take_many, {"keys": list(names), "now": now}).all()
+            rows = conn.execute(self._take_many, {"b_keys": list(names), "b_now": now}).all()
         return {names[row[0]] for row in rows}
 
 
@@ -121,39 +123,36 @@ class BatchedTakes:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         now = time.time()
-        first: dict[object, asyncio.Future[float]] = {}
-        rest: list[tuple[object, asyncio.Future[float]]] = []
+        first: dict[object, asyncio.Future[float]] = {}  # each key's first take of the turn, in order
+        again: list[tuple[object, asyncio.Future[float]]] = []
         for key, future in pending:
             if key in first:
-                rest.append((key, future))
+                again.append((key, future))
             else:
                 first[key] = future
         try:
+            taken: set[object] = set()
             if len(first) > 1:
                 self.statements += 1
                 taken = self.limiter.take_many(list(first), now)
-            else:
-                taken = set()
-                rest = list(first.items()) + rest
-                first = {}
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, as it would alone
             for _, future in pending:
-                if not future.done():
-                    future.set_exception(exc)
+                _fail(future, exc)
             return
-        for key, future in first.items():
-            if key in taken:
-                _settle(future, 0.0)
-            else:
-                rest.append((key, future))
-        for key, future in rest:
+        for key in taken:
+            _settle(first[key], 0.0)
+        for key, future in [*((k, f) for k, f in first.items() if k not in taken), *again]:
             try:
                 _settle(future, self.limiter.allow(key, now))
             except Exception as exc:  # noqa: BLE001
-                if not future.done():
-                    future.set_exception(exc)
+                _fail(future, exc)
 
 
 def _settle(future: asyncio.Future[float], value: float) -> None:
     if not future.done():  # a client that hung up has had its task, and this future, cancelled
         future.set_result(value)
+
+
+def _fail(future: asyncio.Future[float], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
