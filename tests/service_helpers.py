@@ -134,3 +134,18 @@ def screenshot(url: str, path: Path, admin_token: str, profile_dir: Path) -> boo
         finally:
             browser.close()
     return True
+
+
+def postgres_cluster_or_skip():
+    """The load benchmark's throw-away PostgreSQL cluster (initdb + postgres on a free 127.0.0.1 port)."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("fleet_load", ROOT / "benchmarks" / "fleet_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    if not module.pg_bin("initdb") or not module.pg_bin("postgres"):
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) are not installed")
+    return module.postgres_cluster()

@@ -11,14 +11,14 @@ from sqlalchemy import event
 from cloud.service.auth import RateLimit, RateLimiter
 from cloud.service.db import make_engine, make_sessionmaker, volatile_engine
 from cloud.service.shared_limits import BatchedTakes, SharedRateLimiter
-from tests.cloud.service.test_workers import _postgres_cluster
+from tests.service_helpers import postgres_cluster_or_skip
 
 pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
 def pg_url():
-    with _postgres_cluster() as (url, _info):
+    with postgres_cluster_or_skip() as (url, _info):
         make_sessionmaker(make_engine(url))  # creates the tables
         yield url
 

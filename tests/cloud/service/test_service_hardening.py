@@ -56,6 +56,19 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _healthz_on(sock: socket.socket) -> bool:
+    """Send ``GET /healthz`` on a kept-alive connection and read the whole answer (head and body may come
+    in two reads); True for a 200, False if the server closed the connection."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while not got.endswith(b'{"status":"ok"}'):
+        chunk = sock.recv(4096)
+        if not chunk:
+            return False
+        got += chunk
+    return got.startswith(b"HTTP/1.1 200")
+
+
 def _count(sessions, table) -> int:
     with sessions() as s:
         return int(s.scalar(select(func.count()).select_from(table)))
@@ -223,24 +236,11 @@ def test_20_a_kept_alive_connection_that_dribbles_its_next_head_is_closed_too(se
     svc = service[0]
     slow, busy = (socket.create_connection(("127.0.0.1", svc.port), timeout=5) for _ in range(2))
     try:
-        ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-
-        def answered(s: socket.socket) -> bool:
-            got = b""
-            while not got.endswith(b'{"status":"ok"}'):  # the head and the body may come in two reads
-                chunk = s.recv(4096)
-                if not chunk:
-                    return False
-                got += chunk
-            return got.startswith(b"HTTP/1.1 200")
-
         for s in (slow, busy):
-            s.sendall(ask)
-            assert answered(s)
+            assert _healthz_on(s)
         start, closed_after = time.monotonic(), None
         for part in [b"G", b"E", b"T", b" ", b"/", b"h", b"e", b"a", b"l", b"t", b"h"] * 2:
-            busy.sendall(ask)  # every 0.25 s a whole request: this one is answered each time
-            assert answered(busy)
+            assert _healthz_on(busy)  # every 0.25 s a whole request: this one is answered each time
             try:
                 slow.sendall(part)
             except (BrokenPipeError, ConnectionResetError):
@@ -344,10 +344,7 @@ def test_20_an_idle_kept_alive_connection_closes_after_keep_alive_and_a_dribblin
         idle, dribbling = (socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(2))
         try:
             for s in (idle, dribbling):
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                got = b""
-                while not got.endswith(b'{"status":"ok"}'):
-                    got += s.recv(4096)
+                assert _healthz_on(s)
             dribbling.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: ")  # then one byte of the header's value at a time
             start, closed = time.monotonic(), {}
             while len(closed) < 2 and time.monotonic() - start < 8:

@@ -5,7 +5,6 @@ token-bucket bound, and an idempotency key replayed on another worker is stored 
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ from sqlalchemy import func, select
 from cloud.service.db import Sample
 from device.agent.collector import encode_input
 from tests.conftest import SHIPPED
-from tests.service_helpers import ServiceProcess, setup_service
+from tests.service_helpers import ServiceProcess, postgres_cluster_or_skip, setup_service
 
 pytestmark = pytest.mark.service
 
@@ -68,27 +67,12 @@ def test_two_workers_share_the_rate_limit_and_the_idempotency_keys(tmp_path: Pat
         assert s.scalar(select(func.count()).select_from(Sample)) == 5
 
 
-def _postgres_cluster():
-    """The load benchmark's throw-away PostgreSQL cluster (initdb + postgres on a free 127.0.0.1 port)."""
-    import importlib.util
-
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("fleet_load", ROOT / "benchmarks" / "fleet_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    if not module.pg_bin("initdb") or not module.pg_bin("postgres"):
-        pytest.skip("PostgreSQL server binaries (initdb, postgres) are not installed")
-    return module.postgres_cluster()
-
-
 def test_two_hosts_on_one_postgresql_share_the_bucket_and_a_rollout(tmp_path: Path) -> None:
     """Two separate ``serve`` processes (two hosts behind a load balancer) on one PostgreSQL with --shared-limits."""
     from cloud.service.rollout import RolloutPlan, bucket
     from cloud.service.rollout_store import start_rollout
 
-    with _postgres_cluster() as (url, _info):
+    with postgres_cluster_or_skip() as (url, _info):
         sessions, registry, key, _, tokens = setup_service(tmp_path / "a", ("burst",) + tuple(f"d{i}" for i in range(8)),
                                                            database_url=url)
         registry.publish(SHIPPED / "mnist-cnn-int8", "stable", key)
