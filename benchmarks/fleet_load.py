@@ -290,20 +290,20 @@ def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes and all their descendants, as of now."""
     import psutil
 
-    total, seen = 0.0, set()
+    procs: dict[int, psutil.Process] = {}
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
+            procs.update((p.pid, p) for p in [root, *root.children(recursive=True)])
         except psutil.Error:
             continue
-        for proc in procs:
-            try:
-                if proc.pid not in seen:
-                    times = proc.cpu_times()
-                    total, seen = total + times.user + times.system, seen | {proc.pid}
-            except psutil.Error:
-                pass
+    total = 0.0
+    for proc in procs.values():
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # ended since it was listed
+            pass
     return total
 
 
