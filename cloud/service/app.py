@@ -14,6 +14,7 @@ Every request is authenticated before its body is read, and every body is capped
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -148,8 +149,6 @@ class WorkerHeader:
     """ASGI middleware: ``X-Edgeloop-Worker: <pid>`` on every response, to see which worker answered."""
 
     def __init__(self, app: Any) -> None:
-        import os
-
         self.app, self.pid = app, str(os.getpid()).encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -228,11 +227,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="edgeloop service", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Signed model releases for a device fleet, sample ingestion, and a dashboard.")
     app.state.registry, app.state.sessions, app.state.engine = registry, sessions, engine
-    if config.fast_poll:  # innermost: WorkerHeader still tags its answers
-        app.add_middleware(FastPoll, answer=lambda *poll: poll_not_modified(*poll))
-    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, overrides={PUBLISH_PATH: MAX_BUNDLE_BYTES})
+    # the last added is the outermost. A 304 from FastPoll passes no other middleware of ours (each layer
+    # is a coroutine per request): it reads no body, so BodyLimit has nothing to guard, and it adds the
+    # worker header itself
     if config.worker_header:
         app.add_middleware(WorkerHeader)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, overrides={PUBLISH_PATH: MAX_BUNDLE_BYTES})
+    if config.fast_poll:
+        app.add_middleware(FastPoll, answer=lambda *poll: poll_not_modified(*poll))
+    worker_tag = [(b"x-edgeloop-worker", str(os.getpid()).encode())] if config.worker_header else []
     admin = AdminContext(sessions, registry, key_path, require_admin)
     app.include_router(admin_router(admin))
 
@@ -400,7 +403,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             await run_in_threadpool(seen, device_id, model_version)  # a write: off the event loop
         else:
             seen(device_id, model_version, flush=False)  # only marked, in memory
-        return [(b"etag", release.etag.encode("latin-1")), (b"cache-control", b"no-cache")]
+        return [(b"etag", release.etag.encode("latin-1")), (b"cache-control", b"no-cache"), *worker_tag]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

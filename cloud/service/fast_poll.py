@@ -18,6 +18,7 @@ from typing import Any
 
 POLL_PATH = re.compile(r"/v1/channels/([A-Za-z0-9_.-]{1,64})/current")  # the route's own channel pattern
 _WANTED = {b"authorization", b"if-none-match", b"x-model-version"}
+_BODY = {b"content-length", b"transfer-encoding"}
 
 Answer = Callable[[str, str, str, "str | None"], Awaitable["list[tuple[bytes, bytes]] | None"]]
 
@@ -31,6 +32,8 @@ def poll_headers(scope: dict[str, Any]) -> tuple[str, str, str, str | None] | No
         return None
     found: dict[bytes, str] = {}
     for name, value in scope["headers"]:
+        if name in _BODY:  # a GET with a body: the full route (behind the body limit) decides
+            return None
         if name in _WANTED:
             if name in found:  # a repeated header: let the full route decide what it means
                 return None

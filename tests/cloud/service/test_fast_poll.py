@@ -98,6 +98,11 @@ def test_the_fast_path_answers_exactly_as_the_full_route(tmp_path: Path) -> None
                                  r.content))
                          for name, path, headers in cases for r in [client.get(path, headers=headers)]]
     assert replies[True] == replies[False]
+    # a poll with a body over the limit: the body limit refuses it, as before the fast path moved outside it
+    for fast in (False, True):
+        with_body = TestClient(_app(tmp_path, fast)).request("GET", "/v1/channels/stable/current", content=b"x" * (2 << 20),
+                                                             headers={**auth("a"), "If-None-Match": etag})
+        assert with_body.status_code == 413, (fast, with_body.status_code)
     statuses = {name: status for name, status, _, _ in replies[True]}
     assert statuses["unchanged"] == statuses["one of several"] == 304 and statuses["changed"] == 200
     assert [statuses[f"throttled {i}"] for i in range(6)] == [304] * 4 + [429] * 2
@@ -132,6 +137,7 @@ def test_a_promote_and_a_revocation_reach_every_worker_at_once(tmp_path: Path) -
                 assert r.json()["version"] == 2
                 break
             assert r.status_code == 304 and time.monotonic() - promoted < 1.0 + 1.5, r.status_code
+            assert r.headers["x-edgeloop-worker"].isdigit()  # the fast path's 304 names its worker too
             time.sleep(0.05)
         revoke_device(sessions, "b")
         assert [get("b").status_code for _ in range(8)] == [401] * 8
