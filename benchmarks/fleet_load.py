@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "fleet_load.json"
 
-from device.fl.loopback import free_port  # noqa: E402  (after the sys.path line)
+from benchmarks.cpu_cap import capped, cpu_hierarchy, quota_us, worker_pids  # noqa: E402
+from device.fl.loopback import free_port  # noqa: E402
 
 
 def pg_bin(name: str) -> str | None:
@@ -113,6 +114,7 @@ class Stats:
     generated: int = 0
     acknowledged: int = 0
     ids: list[str] = field(default_factory=list)
+    late: int = 0  # paced uploads that were due while the device's previous one was still out
     since: float = 0.0  # time.monotonic() from which latencies and statuses count (after the warm-up)
 
     def record(self, kind: str, seconds: float, status: int) -> None:
@@ -180,7 +182,11 @@ class RawPoller:
 
 
 async def device_loop(client, url: str, idx: int, token: str, stats: Stats, deadline: float, think: float,
-                      batch: int, data: str, rng: np.random.Generator, uploads: bool = True) -> None:
+                      batch: int, data: str, rng: np.random.Generator, uploads: bool = True,
+                      upload_every: float = 0.0) -> None:
+    """One device. It polls, thinks and polls again; an uploading device also sends a batch of samples
+    and an interval summary: in the same loop after each poll (``upload_every`` 0), or on its own
+    schedule every ``upload_every`` seconds, as an agent's upload interval does."""
     import aiohttp
 
     errors = (aiohttp.ClientError, asyncio.TimeoutError, OSError, asyncio.IncompleteReadError, ValueError)
@@ -188,25 +194,22 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
     host, _, port = url.removeprefix("http://").partition(":")
     poller = RawPoller(host, int(port), "/v1/channels/stable/current", token)
     etag, seq, pending = None, 0, None
-    await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
-    while True:
-        flushing = time.monotonic() >= deadline
-        if flushing and (pending is None or not uploads):
+
+    async def poll() -> None:
+        nonlocal etag
+        t0 = time.perf_counter()
+        try:
+            status, got = await asyncio.wait_for(poller.get(etag), 60)
+            stats.record("poll", time.perf_counter() - t0, status)
+            if status == 200:
+                etag = got
+        except errors:
             poller.close()
-            return
-        if not flushing:
-            t0 = time.perf_counter()
-            try:
-                status, got = await asyncio.wait_for(poller.get(etag), 60)
-                stats.record("poll", time.perf_counter() - t0, status)
-                if status == 200:
-                    etag = got
-            except errors:
-                poller.close()
-                stats.errors += 1
-        if not uploads:
-            await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
-            continue
+            stats.errors += 1
+
+    async def upload(flushing: bool) -> None:
+        """Send the pending batch (resent under its key until acknowledged), then a summary unless flushing."""
+        nonlocal seq, pending
         if pending is None:
             pending = (uuid.uuid4().hex, make_batch(idx, seq, batch, data))
             seq += 1
@@ -231,11 +234,42 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
                 stats.record("summary", time.perf_counter() - t0, r.status)
             except errors:
                 stats.errors += 1
-            await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
+
+    async def paced_uploads() -> None:
+        """Every ``upload_every`` seconds from a random phase; an upload that is due while the last is still
+        out goes as soon as it is back, and counts as late (the server did not keep the schedule)."""
+        due = time.monotonic() + float(rng.uniform(0, upload_every))
+        while due < deadline:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await upload(flushing=False)
+            due += upload_every
+            if time.monotonic() > due and time.monotonic() >= stats.since:
+                stats.late += 1
+        while pending is not None:  # at the deadline: resend until the batch is acknowledged
+            await upload(flushing=True)
+
+    await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
+    uploader = asyncio.ensure_future(paced_uploads()) if uploads and upload_every > 0 else None
+    closed_loop = uploads and uploader is None
+    try:
+        while True:
+            flushing = time.monotonic() >= deadline
+            if flushing and (pending is None or not closed_loop):
+                return
+            if not flushing:
+                await poll()
+            if closed_loop:
+                await upload(flushing)
+            if not flushing:
+                await asyncio.sleep(think * float(rng.uniform(0.5, 1.5)))
+    finally:
+        poller.close()
+        if uploader is not None:
+            await uploader
 
 
 async def fleet(url: str, tokens: list[str], duration: float, think: float, batch: int,
-                upload_share: float = 1.0, warmup: float = 0.0) -> tuple[Stats, float]:
+                upload_share: float = 1.0, warmup: float = 0.0, upload_every: float = 0.0) -> tuple[Stats, float]:
     """Run the fleet for ``warmup + duration`` seconds; latencies and rates count only after the warm-up
     (every device's first poll is a 200 with the release, the server's caches fill); returns the
     stats and the seconds they cover."""
@@ -249,7 +283,7 @@ async def fleet(url: str, tokens: list[str], duration: float, think: float, batc
         stats.since = start + warmup
         uploaders = max(1, round(upload_share * len(tokens)))
         await asyncio.gather(*(device_loop(client, url, i, t, stats, start + warmup + duration, think, batch, data,
-                                           np.random.default_rng(i), uploads=i < uploaders)
+                                           np.random.default_rng(i), uploads=i < uploaders, upload_every=upload_every)
                                for i, t in enumerate(tokens)))
         elapsed = time.monotonic() - start - warmup
     return stats, elapsed
@@ -284,6 +318,15 @@ def exported_tree(ref: str):
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def new_loop():
+    """uvloop's event loop where installed (it comes with uvicorn[standard]), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -350,6 +393,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
                                   stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
         peak = [0]
         done = threading.Event()
+        caps = ExitStack()  # --worker-cpu's groups: removed after the server has stopped
         try:
             import urllib.request
 
@@ -360,6 +404,8 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
                 except OSError:
                     time.sleep(0.1)
             proc = psutil.Process(server.pid)
+            if args.worker_cpu:
+                caps.enter_context(capped(worker_pids(server.pid, workers), args.worker_cpu))
 
             def watch() -> None:
                 while not done.is_set():
@@ -372,7 +418,8 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            print(f"[{name}{label}, {workers} worker(s)] {args.devices} devices ({args.upload_share:.0%} uploading) for "
+            capped_text = f", each capped at {args.worker_cpu:g} core" if args.worker_cpu else ""
+            print(f"[{name}{label}, {workers} worker(s){capped_text}] {args.devices} devices ({args.upload_share:.0%} uploading) for "
                   f"{args.duration:.0f} s against 127.0.0.1:{port} (load average {os.getloadavg()[0]:.1f}) …", flush=True)
             cpu: dict[str, list[float]] = {"server": [], "database": [], "generator": []}
 
@@ -383,8 +430,9 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
 
             at_warmup = threading.Timer(args.warmup, read_cpu)  # the measured window starts after the warm-up
             at_warmup.start()
-            stats, elapsed = asyncio.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think, args.batch,
-                                               args.upload_share, args.warmup))
+            with asyncio.Runner(loop_factory=new_loop()) as runner:
+                stats, elapsed = runner.run(fleet(f"http://127.0.0.1:{port}", tokens, args.duration, args.think,
+                                                  args.batch, args.upload_share, args.warmup, args.upload_every))
             at_warmup.join()
             read_cpu()
         finally:
@@ -396,8 +444,14 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, signal.SIGKILL)
                     server.wait(10)
+            caps.close()
         server_log.close()
         logged = (data / "server.log").read_text(errors="replace").splitlines()
+        if args.upload_every:
+            due = len(stats.latencies["upload"])
+            print(f"  uploads every {args.upload_every:g} s: {stats.late} of {due} went late (the server fell behind "
+                  "the schedule)" if stats.late else f"  uploads every {args.upload_every:g} s: all {due} on time",
+                  flush=True)
         if logged:
             print(f"  the server logged {len(logged)} line(s); the last: {logged[-1][:200]}", flush=True)
         if tree is not None:  # read the old server's store (with this code: it only adds tables, afterwards)
@@ -416,6 +470,8 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace, workers
 
         return {
             "backend": name + label, "workers": workers, "devices": args.devices, "upload_share": args.upload_share,
+            "worker_cpu_cap": args.worker_cpu or None, "upload_every_s": args.upload_every or None,
+            "uploads_late": stats.late if args.upload_every else None,
             "duration_s": round(elapsed, 1), "requests": requests,
             "req_per_s": requests / elapsed, "poll_req_per_s": len(lat["poll"]) / elapsed,
             "errors": stats.errors, "statuses": stats.statuses,
@@ -451,8 +507,24 @@ def main(argv: list[str] | None = None) -> int:
                              "--shared-limits, which --workers 2 and more imply)")
     parser.add_argument("--baseline", default=None, metavar="REF",
                         help="first run the fleet against git commit REF's server (SQLite, 1 worker)")
+    parser.add_argument("--upload-every", type=float, default=0.0, metavar="SECONDS",
+                        help="an uploading device sends its batch and summary on this schedule, as an agent's upload "
+                             "interval does, so every backend that keeps it gets the same upload work; 0 (default): "
+                             "after each poll, as fast as the server answers (a faster server then gets more uploads)")
+    parser.add_argument("--worker-cpu", type=float, default=0.0, metavar="CORES",
+                        help="cap each server worker process at this many cores (a cgroup each; Linux, root), so "
+                             "that a second worker gets a core's share of its own on a machine it shares with the "
+                             "load generator and PostgreSQL; 0 (default): uncapped")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    if args.upload_every < 0:
+        parser.error(f"--upload-every must be >= 0 seconds, got {args.upload_every}")
+    if args.worker_cpu:
+        try:
+            quota_us(args.worker_cpu)
+            cpu_hierarchy()
+        except (ValueError, RuntimeError) as exc:
+            parser.error(str(exc))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     try:  # a thousand devices hold a thousand sockets: lift the soft limit on open files to the hard one
@@ -506,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in zip(done, done[1:]):
         print(f"{b['backend']}:{b['workers']} / {a['backend']}:{a['workers']}: req/s ×{b['req_per_s'] / a['req_per_s']:.2f}, "
               f"poll req/s ×{b['poll_req_per_s'] / a['poll_req_per_s']:.2f}, p99 ×{b['p99_ms'] / a['p99_ms']:.2f}, "
+              f"samples stored ×{b['samples_stored'] / max(1, a['samples_stored']):.2f}, "
               f"server CPU per request ×{b['server_cpu_ms_per_req'] / a['server_cpu_ms_per_req']:.2f}, "
               f"peak RSS ×{b['server_peak_rss_mib'] / a['server_peak_rss_mib']:.2f}")
     out = Path(args.out)
