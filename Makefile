@@ -130,6 +130,16 @@ test-ray: install
 bench-ray: install
 	nice -n 10 $(BIN)/python benchmarks/federated_sim.py --part ray
 
+# The fleet at scale (not part of `make test`, which runs fleet_load's smoke tests): 1,000 devices in a closed
+# loop against commit 13f8992's server, then 1 against 2 PostgreSQL workers with the same upload work (uploads
+# every 4 s). About 8 minutes; the figures mean something only on an otherwise quiet machine.
+.PHONY: bench-fleet
+bench-fleet: install
+	$(BIN)/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 --think 0.2 --duration 30 \
+		--baseline 13f8992 --backends sqlite:1,postgresql:1,postgresql:2 --out benchmarks/results/fleet_load_1000.json
+	$(BIN)/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 --think 0.1 --upload-every 4 \
+		--duration 30 --backends postgresql:1,postgresql:2 --out benchmarks/results/fleet_load_1000_paced_think01.json
+
 # TensorFlow Federated parity (not part of `make test`). TFF 0.87 pins TensorFlow 2.14 and Python < 3.12,
 # so it gets its own .venv-tff, installed exactly from a hashed lock file.
 PY_TFF ?= $(PY_LEGACY)

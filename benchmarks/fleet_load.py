@@ -3,13 +3,17 @@ against a real ``edgeloop cloud serve`` (1 or more worker processes), on SQLite 
 
 Each device loops: GET its channel's release with If-None-Match (a 304 after the first); a share of the
 devices (``--upload-share``) also POSTs a batch of samples under an idempotency key (resent with the same
-key until acknowledged) and an interval summary; think, repeat. At the deadline every device flushes its
+key until acknowledged) and an interval summary (after each poll, or on a schedule of their own with ``--upload-every``); think,
+repeat. At the deadline every device flushes its
 pending batch, so samples sent = samples acknowledged, and the script checks that the database stores
 exactly that many, with no duplicate ids. A backend is ``NAME:WORKERS``.
 
     .venv/bin/python benchmarks/fleet_load.py                  # 200 devices, 60 s, sqlite:1 + postgresql:1
     .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 \
         --backends sqlite:1,postgresql:1,postgresql:2        # the fleet at scale: mostly 304 polls
+    .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 --think 0.1 --upload-every 4 \
+        --backends postgresql:1,postgresql:2                 # 1 worker against 2 with the same upload work
+    ... --worker-cpu 0.5                                     # each worker capped at half a core (root, cgroups)
     .venv/bin/python benchmarks/fleet_load.py --duration 10 --backends sqlite
     .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 --baseline 13f8992 \
         --backends sqlite:1:nofast,sqlite:1                  # against an older commit's server, side by side
