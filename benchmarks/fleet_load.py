@@ -3,10 +3,10 @@ against a real ``edgeloop cloud serve`` (1 or more worker processes), on SQLite 
 
 Each device loops: GET its channel's release with If-None-Match (a 304 after the first); a share of the
 devices (``--upload-share``) also POSTs a batch of samples under an idempotency key (resent with the same
-key until acknowledged) and an interval summary (after each poll, or on a schedule of their own with ``--upload-every``); think,
-repeat. At the deadline every device flushes its
-pending batch, so samples sent = samples acknowledged, and the script checks that the database stores
-exactly that many, with no duplicate ids. A backend is ``NAME:WORKERS``.
+key until acknowledged) and an interval summary, after each poll or, with ``--upload-every``, on a
+schedule of their own; think, repeat. At the deadline every device flushes its pending batch, so
+samples sent = samples acknowledged, and the script checks that the database stores exactly that
+many, with no duplicate ids. A backend is ``NAME:WORKERS``.
 
     .venv/bin/python benchmarks/fleet_load.py                  # 200 devices, 60 s, sqlite:1 + postgresql:1
     .venv/bin/python benchmarks/fleet_load.py --devices 1000 --upload-share 0.1 \
@@ -185,6 +185,9 @@ class RawPoller:
         self.reader = self.writer = None
 
 
+FLUSH_TRIES = 10  # a batch still unacknowledged after this many resends at the deadline counts as lost
+
+
 async def device_loop(client, url: str, idx: int, token: str, stats: Stats, deadline: float, think: float,
                       batch: int, data: str, rng: np.random.Generator, uploads: bool = True,
                       upload_every: float = 0.0) -> None:
@@ -249,16 +252,20 @@ async def device_loop(client, url: str, idx: int, token: str, stats: Stats, dead
             due += upload_every
             if time.monotonic() > due and time.monotonic() >= stats.since:
                 stats.late += 1
-        while pending is not None:  # at the deadline: resend until the batch is acknowledged
+        for _ in range(FLUSH_TRIES):  # at the deadline: resend until the batch is acknowledged
+            if pending is None:
+                break
             await upload(flushing=True)
 
     await asyncio.sleep(float(rng.uniform(0, think)))  # devices do not start in lockstep
     uploader = asyncio.ensure_future(paced_uploads()) if uploads and upload_every > 0 else None
     closed_loop = uploads and uploader is None
+    flushes = 0
     try:
         while True:
             flushing = time.monotonic() >= deadline
-            if flushing and (pending is None or not closed_loop):
+            flushes += flushing
+            if flushing and (pending is None or not closed_loop or flushes > FLUSH_TRIES):
                 return
             if not flushing:
                 await poll()
