@@ -145,11 +145,16 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def worker_header() -> tuple[bytes, bytes]:
+    """``X-Edgeloop-Worker: <pid>`` of this process: which worker of ``serve --workers N`` answered."""
+    return (b"x-edgeloop-worker", str(os.getpid()).encode())
+
+
 class WorkerHeader:
-    """ASGI middleware: ``X-Edgeloop-Worker: <pid>`` on every response, to see which worker answered."""
+    """ASGI middleware: :func:`worker_header` on every response the app makes (FastPoll adds its own)."""
 
     def __init__(self, app: Any) -> None:
-        self.app, self.pid = app, str(os.getpid()).encode()
+        self.app, self.header = app, worker_header()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -158,7 +163,7 @@ class WorkerHeader:
 
         async def tagged(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-edgeloop-worker", self.pid)]}
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
             await send(message)
 
         await self.app(scope, receive, tagged)
@@ -235,7 +240,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, overrides={PUBLISH_PATH: MAX_BUNDLE_BYTES})
     if config.fast_poll:
         app.add_middleware(FastPoll, answer=lambda *poll: poll_not_modified(*poll))
-    worker_tag = [(b"x-edgeloop-worker", str(os.getpid()).encode())] if config.worker_header else []
+    worker_tag = [worker_header()] if config.worker_header else []
     admin = AdminContext(sessions, registry, key_path, require_admin)
     app.include_router(admin_router(admin))
 
